@@ -1,0 +1,136 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Record is implemented by every kind of record the metadata store holds.
+// Records are plain values; stores serialise them as JSON, so a record must
+// never carry a secret (secrets go to the SecretStore, records keep a
+// reference).
+type Record interface {
+	// RecordID is the primary key: unique within its kind, non-empty.
+	RecordID() string
+	// RecordIndexes lists the secondary-index entries of this record. An
+	// entry with an empty Value is skipped.
+	RecordIndexes() []Index
+	// RecordExpiry is when the record stops existing; zero means never.
+	// Stores compare it with their injected clock, never the wall clock.
+	RecordExpiry() time.Time
+	// Validate reports what is wrong with the record, or nil.
+	Validate() error
+}
+
+// Index is one secondary-index entry of a record.
+type Index struct {
+	Name   string
+	Value  string
+	Unique bool // at most one live record per Value; Create and Update enforce it
+}
+
+// SingleUse is a record that can be consumed exactly once (authorization
+// codes, refresh tokens, device codes). T is the record type itself.
+type SingleUse[T any] interface {
+	Record
+	// ConsumedAt is when the record was consumed; zero if it was not.
+	ConsumedAt() time.Time
+	// WithConsumedAt returns a copy marked consumed at t.
+	WithConsumedAt(t time.Time) T
+}
+
+// Query selects a page of records, ordered by RecordID.
+type Query struct {
+	// Index and Value select records whose index entry Index equals Value.
+	// Empty Index lists every record of the kind.
+	Index, Value string
+	// After is the cursor returned as Page.Next by the previous call.
+	After string
+	// Limit caps the page size; 0 means DefaultLimit, above MaxLimit is
+	// clamped.
+	Limit int
+}
+
+// Page sizes.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 1000
+)
+
+// Page is one page of a listing. Next is empty on the last page.
+type Page[T any] struct {
+	Items []T
+	Next  string
+}
+
+// Table stores one kind of record. Every method takes a context first; a
+// cancelled context returns an error matching context.Canceled and changes
+// nothing. Expired records behave as absent.
+//
+// Errors: ErrNotFound, ErrAlreadyExists (duplicate ID or unique index value),
+// ErrConflict (Update lost a compare-and-swap more times than the backend
+// retries), ErrInvalid (Validate failed), ErrUnavailable, each wrapped.
+type Table[T Record] interface {
+	Create(ctx context.Context, rec T) error
+	Get(ctx context.Context, id string) (T, error)
+	// GetBy returns the record whose unique index entry name equals value.
+	GetBy(ctx context.Context, index, value string) (T, error)
+	// Update reads the record, calls fn with it and stores what fn returns,
+	// atomically: if another writer changed the record in between, the
+	// backend calls fn again with the new value (compare-and-swap). An error
+	// from fn aborts the update and is returned unchanged. fn must not
+	// change the RecordID.
+	Update(ctx context.Context, id string, fn func(T) (T, error)) (T, error)
+	Delete(ctx context.Context, id string) error
+	List(ctx context.Context, q Query) (Page[T], error)
+}
+
+// SingleUseTable stores single-use records. Consumed records stay until they
+// expire so that a replay can be detected.
+type SingleUseTable[T SingleUse[T]] interface {
+	Table[T]
+	// Consume marks the record consumed in one atomic step and returns it.
+	// Of many concurrent callers exactly one succeeds. If the record was
+	// consumed already it returns the consumed record and ErrConsumed. If
+	// check is non-nil it runs first, inside the same atomic step; when it
+	// returns an error nothing changes (the record stays usable) and that
+	// error is returned.
+	Consume(ctx context.Context, id string, check func(T) error) (T, error)
+	// Rotate consumes the record like Consume and creates next in the same
+	// atomic step (refresh-token rotation: consume old, insert new). If next
+	// cannot be created, nothing changes.
+	Rotate(ctx context.Context, id string, check func(T) error, next T) (T, error)
+}
+
+// Store is the metadata store: every record Lanyard keeps except secrets.
+// Implementations: internal/bolt (embedded), etcd (distributed). Each passes
+// broker/storetest.
+type Store interface {
+	Users() Table[User]
+	Clients() Table[Client]
+	Resources() Table[Resource]
+	Connections() Table[Connection]
+	Grants() Table[Grant]
+	AuthCodes() SingleUseTable[AuthCode]
+	RefreshTokens() SingleUseTable[RefreshToken]
+	DeviceCodes() SingleUseTable[DeviceCode]
+
+	// Sweep deletes expired records and returns how many it removed.
+	Sweep(ctx context.Context) (int, error)
+	// Ping reports whether the store can serve requests (ErrUnavailable
+	// once closed).
+	Ping(ctx context.Context) error
+	Close() error
+}
+
+// Observer is told about every backend call: which component ("bolt",
+// "vault", "sealed"), which operation, how long it took and how it ended.
+// The metrics package provides one; nil means nobody is listening.
+type Observer func(component, op string, d time.Duration, err error)
+
+// Observe calls o if it is not nil.
+func (o Observer) Observe(component, op string, start time.Time, err error) {
+	if o != nil {
+		o(component, op, time.Since(start), err)
+	}
+}
