@@ -1,0 +1,349 @@
+// Package config is Lanyard's configuration: a plain struct read from YAML
+// with ${ENV} expansion, filled with defaults, and validated all at once so
+// that an operator sees every problem in one run.
+//
+// Secrets never appear as literals in a config file that is checked in: they
+// come from ${ENV} references or from *_file keys, and are held as
+// broker.SecretString so that logging the config cannot leak them.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/lanyardhq/lanyard/broker"
+)
+
+// Config is the whole configuration. configs/lanyard.example.yaml documents
+// every key.
+type Config struct {
+	// Issuer is the OAuth issuer identifier and the public base URL. It is
+	// taken from here only, never from request headers.
+	Issuer  string  `yaml:"issuer"`
+	Listen  string  `yaml:"listen"`
+	DataDir string  `yaml:"data_dir"`
+	Log     Log     `yaml:"log"`
+	HTTP    HTTP    `yaml:"http"`
+	Store   Store   `yaml:"store"`
+	Secrets Secrets `yaml:"secrets"`
+
+	// Dev is set by `lanyard dev`: plain-http loopback issuer allowed.
+	Dev bool `yaml:"-"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json or text
+}
+
+// HTTP bounds the HTTP server.
+type HTTP struct {
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	ReadTimeout       time.Duration `yaml:"read_timeout"`
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	MaxHeaderBytes    int           `yaml:"max_header_bytes"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Store selects the metadata store.
+type Store struct {
+	Backend string `yaml:"backend"` // bolt
+	Bolt    Bolt   `yaml:"bolt"`
+}
+
+// Bolt configures the embedded bbolt store.
+type Bolt struct {
+	Path string `yaml:"path"` // default DATA_DIR/lanyard.db
+}
+
+// Secrets selects the secret store.
+type Secrets struct {
+	Backend string `yaml:"backend"` // vault or sealed
+	Vault   Vault  `yaml:"vault"`
+	Sealed  Sealed `yaml:"sealed"`
+}
+
+// Sealed configures the embedded sealed secret store.
+type Sealed struct {
+	KeyFile string `yaml:"key_file"` // default DATA_DIR/sealed.key
+}
+
+// Vault configures the Vault KV v2 secret store.
+type Vault struct {
+	Address   string              `yaml:"address"`
+	Token     broker.SecretString `yaml:"token"`
+	TokenFile string              `yaml:"token_file"`
+	AppRole   *AppRole            `yaml:"approle"`
+	Mount     string              `yaml:"mount"`
+	Prefix    string              `yaml:"prefix"`
+	Timeout   time.Duration       `yaml:"timeout"`
+	CACert    string              `yaml:"ca_cert"`
+}
+
+// AppRole configures Vault AppRole login.
+type AppRole struct {
+	MountPath    string              `yaml:"mount_path"`
+	RoleID       string              `yaml:"role_id"`
+	SecretID     broker.SecretString `yaml:"secret_id"`
+	SecretIDFile string              `yaml:"secret_id_file"`
+}
+
+// Default returns the configuration every key starts from.
+func Default() Config {
+	return Config{
+		Listen:  "127.0.0.1:8080",
+		DataDir: ".lanyard",
+		Log:     Log{Level: "info", Format: "json"},
+		HTTP: HTTP{
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       15 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			MaxHeaderBytes:    32 << 10,
+			ShutdownTimeout:   15 * time.Second,
+		},
+		Store:   Store{Backend: "bolt"},
+		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
+	}
+}
+
+// Problems is a validation failure listing every problem found.
+type Problems []string
+
+func (p Problems) Error() string {
+	return "invalid configuration:\n  - " + strings.Join(p, "\n  - ")
+}
+
+// Load reads the YAML file at path over Default, expands ${ENV} references
+// with getenv, reads *_file secrets, fills derived defaults and validates.
+// A validation failure is a Problems error.
+func Load(path string, getenv func(string) string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(raw, getenv)
+}
+
+// Parse is Load on the bytes of a file.
+func Parse(raw []byte, getenv func(string) string) (Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil {
+		return Config{}, Problems{fmt.Sprintf("yaml: %v", err)}
+	}
+	var probs Problems
+	expandNode(&root, getenv, &probs)
+	cfg := Default()
+	if len(root.Content) > 0 {
+		// Re-encode the expanded tree and decode strictly, so that an unknown
+		// key is an error rather than silently ignored.
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		if err := enc.Encode(&root); err != nil {
+			return Config{}, Problems{fmt.Sprintf("yaml: %v", err)}
+		}
+		dec := yaml.NewDecoder(&buf)
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			probs = append(probs, yamlProblems(err)...)
+		}
+	}
+	probs = append(probs, cfg.finish()...)
+	if len(probs) > 0 {
+		return cfg, probs
+	}
+	return cfg, nil
+}
+
+func yamlProblems(err error) []string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return te.Errors
+	}
+	return []string{fmt.Sprintf("yaml: %v", err)}
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$`)
+
+// expandNode replaces ${NAME} in scalar values only (never in keys or
+// structure), so an environment value cannot inject YAML. "$$" is a literal
+// "$". An unset variable is a problem, not an empty string.
+func expandNode(n *yaml.Node, getenv func(string) string, probs *Problems) {
+	if n.Kind == yaml.ScalarNode {
+		orig := n.Value
+		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+			if m == "$$" {
+				return "$"
+			}
+			name := m[2 : len(m)-1]
+			v := getenv(name)
+			if v == "" {
+				*probs = append(*probs, fmt.Sprintf("line %d: environment variable %s is not set", n.Line, name))
+			}
+			return v
+		})
+		if n.Value != orig && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 {
+			// An unquoted reference takes the type the target field wants
+			// (port: ${PORT} decodes as an int).
+			n.Tag = ""
+		}
+		return
+	}
+	for i, c := range n.Content {
+		if n.Kind == yaml.MappingNode && i%2 == 0 {
+			continue // keys
+		}
+		expandNode(c, getenv, probs)
+	}
+}
+
+// finish fills defaults that depend on other keys, reads secret files, and
+// returns every problem.
+func (c *Config) finish() Problems {
+	var p Problems
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+
+	if c.DataDir == "" {
+		add("data_dir: must not be empty")
+	}
+	if c.Store.Bolt.Path == "" {
+		c.Store.Bolt.Path = filepath.Join(c.DataDir, "lanyard.db")
+	}
+	if c.Secrets.Sealed.KeyFile == "" {
+		c.Secrets.Sealed.KeyFile = filepath.Join(c.DataDir, "sealed.key")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		add("listen: %q is not host:port", c.Listen)
+	}
+	if c.Issuer != "" || !c.Dev {
+		if err := checkIssuer(c.Issuer, c.Dev); err != nil {
+			add("issuer: %v", err)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		add("log.format: %q is not one of json, text", c.Log.Format)
+	}
+	for name, d := range map[string]time.Duration{
+		"http.read_header_timeout": c.HTTP.ReadHeaderTimeout, "http.read_timeout": c.HTTP.ReadTimeout,
+		"http.write_timeout": c.HTTP.WriteTimeout, "http.idle_timeout": c.HTTP.IdleTimeout,
+		"http.shutdown_timeout": c.HTTP.ShutdownTimeout,
+	} {
+		if d <= 0 {
+			add("%s: must be a positive duration such as 10s", name)
+		}
+	}
+	if c.HTTP.MaxHeaderBytes < 4<<10 || c.HTTP.MaxHeaderBytes > 1<<20 {
+		add("http.max_header_bytes: %d is outside 4096..1048576", c.HTTP.MaxHeaderBytes)
+	}
+	if c.Store.Backend != "bolt" {
+		add("store.backend: %q is not supported (bolt)", c.Store.Backend)
+	}
+	switch c.Secrets.Backend {
+	case "sealed":
+	case "vault":
+		p = append(p, c.Secrets.Vault.finish()...)
+	default:
+		add("secrets.backend: %q is not one of vault, sealed", c.Secrets.Backend)
+	}
+	return p
+}
+
+func (v *Vault) finish() Problems {
+	var p Problems
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	if u, err := url.Parse(v.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		add("secrets.vault.address: %q is not an http(s) URL", v.Address)
+	}
+	readSecretFile(&v.Token, v.TokenFile, "secrets.vault.token_file", &p)
+	if v.AppRole != nil {
+		a := v.AppRole
+		readSecretFile(&a.SecretID, a.SecretIDFile, "secrets.vault.approle.secret_id_file", &p)
+		if a.MountPath == "" {
+			a.MountPath = "approle"
+		}
+		if a.RoleID == "" {
+			add("secrets.vault.approle.role_id: required")
+		}
+		if a.SecretID == "" {
+			add("secrets.vault.approle: secret_id or secret_id_file is required")
+		}
+		if v.Token != "" {
+			add("secrets.vault: set token or approle, not both")
+		}
+	} else if v.Token == "" {
+		add("secrets.vault: token, token_file or approle is required")
+	}
+	if v.Mount == "" {
+		add("secrets.vault.mount: must not be empty")
+	}
+	if v.Timeout <= 0 {
+		add("secrets.vault.timeout: must be a positive duration")
+	}
+	return p
+}
+
+func readSecretFile(dst *broker.SecretString, path, key string, p *Problems) {
+	if path == "" {
+		return
+	}
+	if *dst != "" {
+		*p = append(*p, fmt.Sprintf("%s: set either the value or the file, not both", key))
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		*p = append(*p, fmt.Sprintf("%s: %v", key, err))
+		return
+	}
+	*dst = broker.SecretString(strings.TrimSpace(string(b)))
+}
+
+// checkIssuer requires an absolute https URL without query or fragment; plain
+// http is allowed for loopback hosts in dev mode only.
+func checkIssuer(s string, dev bool) error {
+	if s == "" {
+		return errors.New("required (the public https URL of this Lanyard)")
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute URL", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("%q must not have a query, fragment or user info", s)
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && dev && isLoopback(u.Hostname()):
+	default:
+		return fmt.Errorf("%q must use https (http only for a loopback host in dev mode)", s)
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

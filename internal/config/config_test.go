@@ -1,0 +1,154 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestParseExpandsEnvInValuesOnly(t *testing.T) {
+	raw := []byte(`
+issuer: https://${HOST}
+listen: "127.0.0.1:${PORT}"
+http:
+  max_header_bytes: ${MAXHDR}
+  read_timeout: ${RT}
+secrets:
+  backend: vault
+  vault:
+    address: http://127.0.0.1:8200
+    token: ${VAULT_TOKEN}
+    prefix: "cost$$center"
+`)
+	cfg, err := Parse(raw, env(map[string]string{
+		"HOST": "lanyard.example.com", "PORT": "9090", "MAXHDR": "65536", "RT": "7s",
+		"VAULT_TOKEN": "hvs.canary-token: {injected: true}",
+	}))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if got, want := cfg.Issuer, "https://lanyard.example.com"; got != want {
+		t.Errorf("issuer = %q, want %q", got, want)
+	}
+	if got, want := cfg.Listen, "127.0.0.1:9090"; got != want {
+		t.Errorf("listen = %q, want %q", got, want)
+	}
+	if got, want := cfg.HTTP.MaxHeaderBytes, 65536; got != want {
+		t.Errorf("max_header_bytes = %d, want %d", got, want)
+	}
+	if got, want := cfg.HTTP.ReadTimeout, 7*time.Second; got != want {
+		t.Errorf("read_timeout = %v, want %v", got, want)
+	}
+	if got, want := cfg.Secrets.Vault.Token.Reveal(), "hvs.canary-token: {injected: true}"; got != want {
+		t.Errorf("token = %q, want %q (an env value must not become YAML structure)", got, want)
+	}
+	if got, want := cfg.Secrets.Vault.Prefix, "cost$center"; got != want {
+		t.Errorf("prefix = %q, want %q", got, want)
+	}
+	if got, want := cfg.Store.Bolt.Path, filepath.Join(".lanyard", "lanyard.db"); got != want {
+		t.Errorf("bolt path = %q, want %q", got, want)
+	}
+}
+
+func TestParseListsEveryProblem(t *testing.T) {
+	raw := []byte(`
+issuer: http://lanyard.example.com
+listen: nonsense
+log: {level: loud, format: xml}
+http: {read_timeout: 0s, max_header_bytes: 10}
+store: {backend: postgres}
+secrets:
+  backend: vault
+  vault: {address: "ftp://x", token: "${MISSING}"}
+`)
+	_, err := Parse(raw, env(nil))
+	var p Problems
+	if !errors.As(err, &p) {
+		t.Fatalf("Parse error = %v, want Problems", err)
+	}
+	for _, want := range []string{
+		"issuer:", "listen:", "log.level:", "log.format:", "http.read_timeout:", "http.max_header_bytes:",
+		"store.backend:", "secrets.vault.address:", "MISSING is not set", "token, token_file or approle",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestParseRejectsUnknownKeys(t *testing.T) {
+	_, err := Parse([]byte("issuer: https://x.example\nlisten_addr: 1.2.3.4:80\n"), env(nil))
+	if err == nil || !strings.Contains(err.Error(), "listen_addr") {
+		t.Fatalf("Parse error = %v, want it to name the unknown key", err)
+	}
+}
+
+func TestIssuer(t *testing.T) {
+	for _, tc := range []struct {
+		issuer string
+		dev    bool
+		ok     bool
+	}{
+		{"https://lanyard.example.com", false, true},
+		{"https://lanyard.example.com/tenant", false, true},
+		{"http://lanyard.example.com", false, false},
+		{"http://127.0.0.1:8080", false, false},
+		{"http://127.0.0.1:8080", true, true},
+		{"http://localhost:8080", true, true},
+		{"http://evil.example", true, false},
+		{"https://x.example/?a=b", false, false},
+		{"https://x.example/#f", false, false},
+		{"https://user@x.example", false, false},
+		{"", false, false},
+	} {
+		t.Run(fmt.Sprintf("%s dev=%v", tc.issuer, tc.dev), func(t *testing.T) {
+			err := checkIssuer(tc.issuer, tc.dev)
+			if got := err == nil; got != tc.ok {
+				t.Errorf("checkIssuer = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestSecretFilesAndRedaction(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "secret-id")
+	if err := os.WriteFile(f, []byte("canary-secret-id-8842\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw := fmt.Sprintf(`
+issuer: https://x.example
+secrets:
+  backend: vault
+  vault:
+    address: https://vault.example:8200
+    approle: {role_id: r1, secret_id_file: %q}
+`, f)
+	cfg, err := Parse([]byte(raw), env(nil))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if got := cfg.Secrets.Vault.AppRole.SecretID.Reveal(); got != "canary-secret-id-8842" {
+		t.Errorf("secret id = %q", got)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("config", "cfg", cfg)
+	fmt.Fprintf(&buf, "%v %+v %#v", cfg, cfg, cfg)
+	if strings.Contains(buf.String(), "canary-secret-id-8842") {
+		t.Errorf("config printing leaked the secret id:\n%s", buf.String())
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), env(nil)); err == nil {
+		t.Fatal("Load of a missing file succeeded")
+	}
+}
