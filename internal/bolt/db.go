@@ -1,0 +1,210 @@
+// Package bolt is the embedded metadata store: broker.Store on a single
+// bbolt file. It is Lanyard's default backend for `lanyard dev` and small
+// single-node deployments; every write is one fsynced bbolt transaction, so a
+// kill -9 loses nothing that was committed.
+//
+// Records are kept as JSON in one bucket per kind ("users", "clients", ...),
+// keyed by record ID; secondary indexes live in buckets named
+// "idx/<kind>/<index>" whose keys are "value\x00id". The package also holds
+// opaque blobs for the embedded sealed secret store (bucket "sealed_secrets").
+//
+// It is a leaf: only cmd/lanyard imports it.
+package bolt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/lanyardhq/lanyard/broker"
+	bbolt "go.etcd.io/bbolt"
+)
+
+const component = "bolt"
+
+// Options configures Open. The zero value is ready to use.
+type Options struct {
+	// Now is the clock expiry is measured against; nil means time.Now.
+	Now func() time.Time
+	// Observer is told about every operation; nil means nobody listens.
+	Observer broker.Observer
+	// LockTimeout bounds how long Open waits for another process to release
+	// the file; 0 means one second.
+	LockTimeout time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = time.Second
+	}
+	return o
+}
+
+// DB is a bbolt-backed broker.Store. It is safe for concurrent use.
+type DB struct {
+	bolt   *bbolt.DB
+	path   string
+	now    func() time.Time
+	obs    broker.Observer
+	closed atomic.Bool
+
+	users       *table[broker.User]
+	clients     *table[broker.Client]
+	resources   *table[broker.Resource]
+	connections *table[broker.Connection]
+	grants      *table[broker.Grant]
+	authCodes   *singleUse[broker.AuthCode]
+	refresh     *singleUse[broker.RefreshToken]
+	devices     *singleUse[broker.DeviceCode]
+	sweepers    []sweeper
+}
+
+var _ broker.Store = (*DB)(nil)
+
+// Open opens (creating if needed) the data file at path. The file is
+// created with mode 0600 and its directory with 0700. If another process
+// holds the file, Open fails after opts.LockTimeout with an error wrapping
+// broker.ErrUnavailable.
+func Open(path string, opts Options) (*DB, error) {
+	opts = opts.withDefaults()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	bdb, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.LockTimeout})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: the data file is in use by another process (is another lanyard running?): %w",
+			path, broker.ErrUnavailable)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db := &DB{bolt: bdb, path: path, now: opts.Now, obs: opts.Observer}
+	db.users = newTable[broker.User](db, "users")
+	db.clients = newTable[broker.Client](db, "clients")
+	db.resources = newTable[broker.Resource](db, "resources")
+	db.connections = newTable[broker.Connection](db, "connections")
+	db.grants = newTable[broker.Grant](db, "grants")
+	db.authCodes = newSingleUse[broker.AuthCode](db, "auth_codes")
+	db.refresh = newSingleUse[broker.RefreshToken](db, "refresh_tokens")
+	db.devices = newSingleUse[broker.DeviceCode](db, "device_codes")
+	db.sweepers = []sweeper{db.users, db.clients, db.resources, db.connections, db.grants,
+		db.authCodes, db.refresh, db.devices}
+	err = bdb.Update(func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists([]byte(blobBucket))
+		for _, s := range db.sweepers {
+			err = errors.Join(err, s.init(tx))
+		}
+		return err
+	})
+	if err != nil {
+		_ = bdb.Close()
+		return nil, fmt.Errorf("open %s: create buckets: %w", path, err)
+	}
+	return db, nil
+}
+
+// Path returns the data file's path.
+func (db *DB) Path() string { return db.path }
+
+// Users implements broker.Store.
+func (db *DB) Users() broker.Table[broker.User] { return db.users }
+
+// Clients implements broker.Store.
+func (db *DB) Clients() broker.Table[broker.Client] { return db.clients }
+
+// Resources implements broker.Store.
+func (db *DB) Resources() broker.Table[broker.Resource] { return db.resources }
+
+// Connections implements broker.Store.
+func (db *DB) Connections() broker.Table[broker.Connection] { return db.connections }
+
+// Grants implements broker.Store.
+func (db *DB) Grants() broker.Table[broker.Grant] { return db.grants }
+
+// AuthCodes implements broker.Store.
+func (db *DB) AuthCodes() broker.SingleUseTable[broker.AuthCode] { return db.authCodes }
+
+// RefreshTokens implements broker.Store.
+func (db *DB) RefreshTokens() broker.SingleUseTable[broker.RefreshToken] { return db.refresh }
+
+// DeviceCodes implements broker.Store.
+func (db *DB) DeviceCodes() broker.SingleUseTable[broker.DeviceCode] { return db.devices }
+
+// Sweep deletes every expired record, with its index entries, in one
+// transaction and returns how many it removed.
+func (db *DB) Sweep(ctx context.Context) (int, error) {
+	n := 0
+	err := db.update(ctx, "sweep", func(tx *bbolt.Tx) error {
+		n = 0
+		now := db.now()
+		for _, s := range db.sweepers {
+			k, err := s.sweep(tx, now)
+			if err != nil {
+				return err
+			}
+			n += k
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sweep: %w", err)
+	}
+	return n, nil
+}
+
+// Ping reports whether the store can serve requests.
+func (db *DB) Ping(ctx context.Context) error {
+	return db.view(ctx, "ping", func(*bbolt.Tx) error { return nil })
+}
+
+// Close releases the data file. Later calls return errors wrapping
+// broker.ErrUnavailable. Close is idempotent.
+func (db *DB) Close() error {
+	if db.closed.Swap(true) {
+		return nil
+	}
+	if err := db.bolt.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", db.path, err)
+	}
+	return nil
+}
+
+// view runs fn in a read-only transaction; see run.
+func (db *DB) view(ctx context.Context, op string, fn func(*bbolt.Tx) error) error {
+	return db.run(ctx, op, false, fn)
+}
+
+// update runs fn in one read-write, fsynced transaction; see run.
+func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) error {
+	return db.run(ctx, op, true, fn)
+}
+
+// run checks ctx and the closed flag, runs fn in a transaction and tells the
+// observer. Errors from fn are returned as they are, so that callers' own
+// errors stay unchanged.
+func (db *DB) run(ctx context.Context, op string, write bool, fn func(*bbolt.Tx) error) (err error) {
+	start := time.Now()
+	defer func() { db.obs.Observe(component, op, start, err) }()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("bolt %s: %w", op, err)
+	}
+	if db.closed.Load() {
+		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
+	}
+	if write {
+		err = db.bolt.Update(fn)
+	} else {
+		err = db.bolt.View(fn)
+	}
+	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
+	}
+	return err
+}
