@@ -1,0 +1,165 @@
+// Package httpx holds the HTTP plumbing every Lanyard handler shares:
+// handlers that return error, the one adapter that writes error responses,
+// errors with a part a client may see and a part only logged, request IDs,
+// panic recovery, access logs and request metrics.
+package httpx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/lanyardhq/lanyard/internal/metrics"
+)
+
+// HandlerFunc is an HTTP handler that returns an error instead of writing
+// one. Adapt it with Handle.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Error is an error with a response: Status and a Code and Message that the
+// client may see; Cause is only logged.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+	Cause   error
+}
+
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return e.Code + ": " + e.Message + ": " + e.Cause.Error()
+	}
+	return e.Code + ": " + e.Message
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Errorf returns an *Error; cause may be nil.
+func Errorf(status int, code, message string, cause error) *Error {
+	return &Error{Status: status, Code: code, Message: message, Cause: cause}
+}
+
+type ctxKey int
+
+const (
+	loggerKey ctxKey = iota
+	requestIDKey
+)
+
+// Logger returns the request-scoped logger (with request_id) set by
+// Middleware, or slog.Default.
+func Logger(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
+		return l
+	}
+	return slog.Default()
+}
+
+// RequestID returns the ID Middleware gave this request.
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// Handle adapts h: an error becomes a JSON response {"error","error_description"}
+// with the error's status (500 and a generic message for anything that is
+// not an *Error). The cause is logged, never sent.
+func Handle(h HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		var he *Error
+		if !errors.As(err, &he) {
+			he = Errorf(http.StatusInternalServerError, "server_error", "internal error", err)
+		}
+		lvl := slog.LevelInfo
+		if he.Status >= 500 {
+			lvl = slog.LevelError
+		}
+		Logger(r.Context()).Log(r.Context(), lvl, "request failed", "status", he.Status, "code", he.Code, "err", err)
+		WriteJSON(w, he.Status, map[string]string{"error": he.Code, "error_description": he.Message})
+	})
+}
+
+// WriteJSON writes v as JSON with status and Cache-Control: no-store.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Middleware wraps a gorilla router's routes. In order, outermost first:
+//  1. request ID (a fresh random one; an incoming X-Request-Id is not trusted)
+//     and a request-scoped logger;
+//  2. panic recovery (500, stack only in the log);
+//  3. metrics by route template and an access log line.
+func Middleware(log *slog.Logger, m *metrics.Metrics) mux.MiddlewareFunc {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			id := rand.Text()
+			l := log.With("request_id", id)
+			ctx := context.WithValue(context.WithValue(r.Context(), requestIDKey, id), loggerKey, l)
+			r = r.WithContext(ctx)
+			w.Header().Set("X-Request-Id", id)
+			sw := &statusWriter{ResponseWriter: w}
+			defer func() {
+				if p := recover(); p != nil {
+					if p == http.ErrAbortHandler {
+						panic(p)
+					}
+					l.Error("panic in handler", "panic", p)
+					if sw.status == 0 {
+						WriteJSON(sw, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error"})
+					}
+				}
+				route := "unmatched"
+				if cr := mux.CurrentRoute(r); cr != nil {
+					if tpl, err := cr.GetPathTemplate(); err == nil {
+						route = tpl
+					}
+				}
+				if sw.status == 0 {
+					sw.status = http.StatusOK
+				}
+				d := time.Since(start)
+				m.ObserveRequest(route, r.Method, sw.status, d)
+				// The raw path and query are not logged: they may carry codes.
+				l.Info("http request", "method", r.Method, "route", route, "status", sw.status, "duration_ms", float64(d.Microseconds())/1000)
+			}()
+			next.ServeHTTP(sw, r)
+		})
+	}
+}
