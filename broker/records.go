@@ -66,7 +66,7 @@ func (u User) RecordIndexes() []Index {
 	return []Index{{Name: IndexUsername, Value: u.Username, Unique: true}}
 }
 func (u User) Validate() error {
-	return errors.Join(validateID("user", u.ID), required("user", "username", u.Username))
+	return errors.Join(validateID("user", u.ID), ValidateUsername(u.Username))
 }
 
 // ClientKind says how Lanyard learned of an OAuth client.
