@@ -202,4 +202,3 @@ func checkIndexes[T broker.Record](t *testing.T, tab broker.Table[T], before, af
 func hasUnique(r broker.Record) bool {
 	return slices.ContainsFunc(r.RecordIndexes(), func(ix broker.Index) bool { return ix.Unique })
 }
-
