@@ -347,3 +347,12 @@ func isLoopback(host string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
+
+// Finish fills derived defaults of a Config built in code (for example from
+// command-line flags) and validates it like Parse does.
+func Finish(cfg Config) (Config, error) {
+	if p := cfg.finish(); len(p) > 0 {
+		return cfg, p
+	}
+	return cfg, nil
+}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -151,4 +153,49 @@ func TestLoadMissingFile(t *testing.T) {
 	if _, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), env(nil)); err == nil {
 		t.Fatal("Load of a missing file succeeded")
 	}
+}
+
+func TestExampleConfigIsValid(t *testing.T) {
+	cfg, err := Load("../../configs/lanyard.example.yaml", env(map[string]string{
+		"VAULT_ADDR": "https://vault.example:8200", "VAULT_TOKEN": "hvs.example",
+	}))
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	if cfg.Secrets.Backend != "vault" || cfg.Issuer == "" {
+		t.Errorf("example config parsed as %+v", cfg)
+	}
+}
+
+// TestExampleDocumentsEveryKey fails when a key is added to Config but not to
+// configs/lanyard.example.yaml.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	raw, err := os.ReadFile("../../configs/lanyard.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(typ reflect.Type, path string)
+	walk = func(typ reflect.Type, path string) {
+		for typ.Kind() == reflect.Pointer {
+			typ = typ.Elem()
+		}
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			key := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if key == "-" || key == "" {
+				continue
+			}
+			if !regexp.MustCompile(`(?m)^[\s#]*` + regexp.QuoteMeta(key) + `:`).Match(raw) {
+				t.Errorf("key %s%s is not documented in the example config", path, key)
+			}
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Time{}) {
+				walk(ft, path+key+".")
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
 }
