@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh machine: Debian packages
+# (only when missing, so a warm machine does not touch apt) and pinned Go
+# tools. Safe to run repeatedly.
+set -euo pipefail
+
+# Debian packages the test suite uses. Later components (etcd, dovecot,
+# redis, chromium) are added here when their tests land.
+APT_PACKAGES=(ca-certificates git curl)
+
+STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
+BBOLT_VERSION=v1.4.3         # go.etcd.io/bbolt CLI for `bbolt check`
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+GOBIN="$(go env GOPATH)/bin"
+install_tool() { # name module@version version-regex
+  local name=$1 mod=$2 want=$3
+  if [[ -x "$GOBIN/$name" ]] && go version -m "$GOBIN/$name" 2>/dev/null | grep -q "mod.*$want"; then
+    return
+  fi
+  echo "setup: go install $mod" >&2
+  go install "$mod"
+}
+install_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" "$STATICCHECK_VERSION"
+install_tool bbolt "go.etcd.io/bbolt/cmd/bbolt@$BBOLT_VERSION" "$BBOLT_VERSION"
