@@ -22,6 +22,7 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	bbolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 const component = "bolt"
@@ -78,7 +79,7 @@ func Open(path string, opts Options) (*DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	bdb, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: opts.LockTimeout})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open %s: the data file is in use by another process (is another lanyard running?): %w",
 			path, broker.ErrUnavailable)
 	}
@@ -203,7 +204,7 @@ func (db *DB) run(ctx context.Context, op string, write bool, fn func(*bbolt.Tx)
 	} else {
 		err = db.bolt.View(fn)
 	}
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
 	}
 	return err
