@@ -145,9 +145,14 @@ func (s *Store) Close() {
 
 // login logs in with AppRole and sets the client's token. Its errors never
 // contain the secret id.
-func (s *Store) login(ctx context.Context) (sec *api.Secret, err error) {
+func (s *Store) login(ctx context.Context) (*api.Secret, error) {
 	s.loginMu.Lock()
 	defer s.loginMu.Unlock()
+	return s.loginLocked(ctx)
+}
+
+// loginLocked is login for a caller that holds loginMu.
+func (s *Store) loginLocked(ctx context.Context) (sec *api.Secret, err error) {
 	start := time.Now()
 	defer func() { s.cfg.Observer.Observe(component, "login", start, err) }()
 
@@ -174,19 +179,27 @@ func (s *Store) login(ctx context.Context) (sec *api.Secret, err error) {
 // relogin logs in again unless another caller already replaced the token
 // stale was observed with, and hands the new token to keepAlive.
 func (s *Store) relogin(ctx context.Context, stale string) error {
+	s.loginMu.Lock()
 	if s.client.Token() != stale {
+		s.loginMu.Unlock()
 		return nil
 	}
-	sec, err := s.login(ctx)
+	sec, err := s.loginLocked(ctx)
+	s.loginMu.Unlock()
 	if err != nil {
 		return err
 	}
-	select { // replace a token keepAlive has not picked up yet
-	case <-s.fresh:
-	default:
+	for { // never block: replace a token keepAlive has not picked up yet
+		select {
+		case s.fresh <- sec:
+			return nil
+		default:
+		}
+		select {
+		case <-s.fresh:
+		default:
+		}
 	}
-	s.fresh <- sec
-	return nil
 }
 
 // keepAlive renews the AppRole token with a LifetimeWatcher and, when the
@@ -223,9 +236,12 @@ func (s *Store) keepAlive(ctx context.Context, sec *api.Secret) {
 			continue
 		}
 		go w.Start()
-		sec = s.watch(ctx, w)
-		w.Stop()
-		<-w.DoneCh() // Start sends once, after Stop it returns promptly
+		var ended bool
+		sec, ended = s.watch(ctx, w)
+		if !ended {
+			w.Stop()
+			<-w.DoneCh() // Start sends once; after Stop it returns promptly
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -233,14 +249,15 @@ func (s *Store) keepAlive(ctx context.Context, sec *api.Secret) {
 }
 
 // watch waits for the watcher to end, for a token from relogin, or for ctx.
-// It returns the token to watch next (nil: log in again).
-func (s *Store) watch(ctx context.Context, w *api.LifetimeWatcher) *api.Secret {
+// It returns the token to watch next (nil: log in again) and whether the
+// watcher ended by itself (its DoneCh was read).
+func (s *Store) watch(ctx context.Context, w *api.LifetimeWatcher) (*api.Secret, bool) {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, false
 		case sec := <-s.fresh:
-			return sec
+			return sec, false
 		case r := <-w.RenewCh():
 			if r != nil && r.Secret != nil && r.Secret.Auth != nil {
 				s.log.Debug("vault token renewed", "ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
@@ -251,7 +268,7 @@ func (s *Store) watch(ctx context.Context, w *api.LifetimeWatcher) *api.Secret {
 			} else {
 				s.log.Info("vault token reached its maximum lifetime; logging in again")
 			}
-			return nil
+			return nil, true
 		}
 	}
 }
@@ -264,12 +281,12 @@ func (s *Store) call(ctx context.Context, op, key string, fn func(ctx context.Co
 	start := time.Now()
 	defer func() { s.cfg.Observer.Observe(component, op, start, err) }()
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("vault %s %s: %w", op, key, err)
+		return fmt.Errorf("%s: %w", where(op, key), err)
 	}
 	for attempt := 0; ; attempt++ {
 		token := s.client.Token()
 		if token == "" {
-			return fmt.Errorf("vault %s %s: not logged in to vault yet: %w", op, key, broker.ErrUnavailable)
+			return fmt.Errorf("%s: not logged in to vault yet: %w", where(op, key), broker.ErrUnavailable)
 		}
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		raw := fn(cctx)
@@ -295,10 +312,7 @@ var errCAS = errors.New("check-and-set mismatch")
 // sentinel. The message names the operation and key, never a secret: Vault's
 // own error strings are kept, a raw response body is not.
 func classify(ctx context.Context, op, key string, err error, timeout time.Duration) error {
-	where := "vault " + op
-	if key != "" {
-		where += " " + key
-	}
+	where := where(op, key)
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("%s: %w", where, cerr)
 	}
@@ -332,6 +346,14 @@ func classify(ctx context.Context, op, key string, err error, timeout time.Durat
 		return fmt.Errorf("%s: %w: %w", where, broker.ErrUnavailable, err)
 	}
 	return fmt.Errorf("%s: %w", where, err)
+}
+
+// where names a call in error messages: "vault get alice/github".
+func where(op, key string) string {
+	if key == "" {
+		return "vault " + op
+	}
+	return "vault " + op + " " + key
 }
 
 func (s *Store) path(k broker.SecretKey) string {
