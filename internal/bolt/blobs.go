@@ -36,10 +36,10 @@ func (db *DB) GetBlob(ctx context.Context, key string) ([]byte, error) {
 // return a non-nil value (an empty slice stores an empty blob), otherwise
 // nothing is written and the error wraps broker.ErrInvalid.
 func (db *DB) UpdateBlob(ctx context.Context, key string, fn func(old []byte, exists bool) ([]byte, error)) error {
-	if err := validBlobKey(key); err != nil {
-		return err
-	}
 	return db.update(ctx, "update_blob", func(tx *bbolt.Tx) error {
+		if err := validBlobKey(key); err != nil {
+			return err
+		}
 		b := tx.Bucket([]byte(blobBucket))
 		old, ok := lookup(b, []byte(key))
 		nv, err := fn(bytes.Clone(old), ok)

@@ -188,8 +188,9 @@ func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) e
 }
 
 // run checks ctx and the closed flag, runs fn in a transaction and tells the
-// observer. Errors from fn are returned as they are, so that callers' own
-// errors stay unchanged.
+// observer (op is "<kind>.<method>" or the blob method's name). Errors from
+// fn are returned as they are, so that callers' own errors stay unchanged;
+// bbolt's own failures to begin or commit wrap broker.ErrUnavailable.
 func (db *DB) run(ctx context.Context, op string, write bool, fn func(*bbolt.Tx) error) (err error) {
 	start := time.Now()
 	defer func() { db.obs.Observe(component, op, start, err) }()
@@ -199,13 +200,19 @@ func (db *DB) run(ctx context.Context, op string, write bool, fn func(*bbolt.Tx)
 	if db.closed.Load() {
 		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
 	}
+	var fnErr error
+	txFn := func(tx *bbolt.Tx) error { fnErr = fn(tx); return fnErr }
 	if write {
-		err = db.bolt.Update(fn)
+		err = db.bolt.Update(txFn)
 	} else {
-		err = db.bolt.View(fn)
+		err = db.bolt.View(txFn)
 	}
-	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+	switch {
+	case err == nil || fnErr != nil:
+		return err
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
 		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
+	default: // bbolt could not begin or commit: I/O trouble
+		return fmt.Errorf("bolt %s: %w: %w", op, broker.ErrUnavailable, err)
 	}
-	return err
 }

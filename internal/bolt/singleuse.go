@@ -32,16 +32,17 @@ func (s *singleUse[T]) Consume(ctx context.Context, id string, check func(T) err
 
 // Rotate implements broker.SingleUseTable.
 func (s *singleUse[T]) Rotate(ctx context.Context, id string, check func(T) error, next T) (T, error) {
-	if err := next.Validate(); err != nil {
-		var zero T
-		return zero, fmt.Errorf("%s: rotate: %w", s.kind, err)
-	}
 	return s.consume(ctx, s.kind+".rotate", id, check, &next)
 }
 
 func (s *singleUse[T]) consume(ctx context.Context, op, id string, check func(T) error, next *T) (T, error) {
 	var out, replayed T
 	err := s.db.update(ctx, op, func(tx *bbolt.Tx) error {
+		if next != nil {
+			if err := (*next).Validate(); err != nil {
+				return fmt.Errorf("%s: rotate: %w", s.kind, err)
+			}
+		}
 		now := s.db.now()
 		rec, err := s.get(tx, id, now)
 		if err != nil {

@@ -42,10 +42,10 @@ func (t *table[T]) init(tx *bbolt.Tx) error {
 // Create implements broker.Table. An expired record with the same ID is
 // replaced.
 func (t *table[T]) Create(ctx context.Context, rec T) error {
-	if err := rec.Validate(); err != nil {
-		return fmt.Errorf("%s: create: %w", t.kind, err)
-	}
 	return t.db.update(ctx, t.kind+".create", func(tx *bbolt.Tx) error {
+		if err := rec.Validate(); err != nil {
+			return fmt.Errorf("%s: create: %w", t.kind, err)
+		}
 		return t.create(tx, rec, t.db.now())
 	})
 }
@@ -159,11 +159,11 @@ func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], er
 	case limit > broker.MaxLimit:
 		limit = broker.MaxLimit
 	}
-	if q.Index != "" && q.Value == "" {
-		return broker.Page[T]{}, fmt.Errorf("%s: list by %s: empty value: %w", t.kind, q.Index, broker.ErrInvalid)
-	}
 	var page broker.Page[T]
 	err := t.db.view(ctx, t.kind+".list", func(tx *bbolt.Tx) error {
+		if q.Index != "" && q.Value == "" {
+			return fmt.Errorf("%s: list by %s: empty value: %w", t.kind, q.Index, broker.ErrInvalid)
+		}
 		now := t.db.now()
 		page = broker.Page[T]{Items: make([]T, 0, min(limit, 64))}
 		more := false
