@@ -190,7 +190,10 @@ func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], er
 		}
 		return err
 	})
-	return page, err
+	if err != nil {
+		return broker.Page[T]{}, err
+	}
+	return page, nil
 }
 
 // scanIDs calls visit with every stored ID after after, in order, until
