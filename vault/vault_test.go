@@ -512,3 +512,48 @@ func TestUnreachable(t *testing.T) {
 		}
 	})
 }
+
+// TestWrittenByOthers reads data Lanyard did not write the way it does: a
+// soft-deleted or destroyed current version is absent, and a non-string
+// field is refused without revealing anything.
+func TestWrittenByOthers(t *testing.T) {
+	addr, token := testenv.Vault(t)
+	root := rootClient(t, addr, token)
+	ctx := t.Context()
+	prefix := uniquePrefix(t, root)
+	s := newStore(t, vault.Config{Address: addr, Token: broker.SecretString(token), Prefix: prefix})
+	kv := root.KVv2("secret")
+
+	k := broker.SecretKey{Owner: "o", Name: "soft"}
+	if _, err := s.Put(ctx, k, broker.NewSecret(map[string]string{"v": "1"}), broker.CASCreate); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, prefix+"/o/soft"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Get(ctx, k); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Get of a soft-deleted version: %v, want ErrNotFound", err)
+	}
+
+	k = broker.SecretKey{Owner: "o", Name: "destroyed"}
+	if _, err := s.Put(ctx, k, broker.NewSecret(map[string]string{"v": "1"}), broker.CASCreate); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Destroy(ctx, prefix+"/o/destroyed", []int{1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Get(ctx, k); !errors.Is(err, broker.ErrNotFound) {
+		t.Errorf("Get of a destroyed version: %v, want ErrNotFound", err)
+	}
+
+	if _, err := kv.Put(ctx, prefix+"/o/typed", map[string]any{"port": 993, "nested": map[string]any{"x": "hidden-nested"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := s.Get(ctx, broker.SecretKey{Owner: "o", Name: "typed"})
+	if err == nil || !strings.Contains(err.Error(), "not a string") {
+		t.Errorf("Get of non-string fields: %v, want a refusal", err)
+	}
+	if err != nil && (strings.Contains(err.Error(), "993") || strings.Contains(err.Error(), "hidden-nested")) {
+		t.Errorf("the refusal reveals a value: %v", err)
+	}
+}
