@@ -9,7 +9,7 @@ VAULT_VERSION="${VAULT_VERSION:-v1.13.0}"
 CACHE_DIR="${LANYARD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/lanyard}"
 BIN="$CACHE_DIR/vault-$VAULT_VERSION/vault"
 
-if [[ -x "$BIN" ]] && "$BIN" version >/dev/null 2>&1; then
+if [[ -x "$BIN" ]] && GODEBUG=x509negativeserial=1 "$BIN" version >/dev/null 2>&1; then
   echo "$BIN"
   exit 0
 fi
@@ -23,6 +23,10 @@ cat > go.mod <<MOD
 module lanyard.local/vaultbuild
 
 go 1.24
+
+// Vault 1.13's dependencies parse a CA certificate with a negative serial
+// number at start-up, which current Go rejects unless this is set.
+godebug x509negativeserial=1
 MOD
 cat > tools.go <<'GO'
 //go:build tools

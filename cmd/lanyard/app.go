@@ -157,7 +157,6 @@ func (m *Main) bootstrap(ctx context.Context, a *app) error {
 func (a *app) run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
-	a.log.Info("lanyard listening", "url", a.url, "store", a.cfg.Store.Backend, "secrets", a.cfg.Secrets.Backend)
 	select {
 	case err := <-errc:
 		return err
@@ -191,6 +190,8 @@ func (m *Main) serveApp(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	defer a.close()
+	a.log.Info("lanyard listening", "url", a.url, "addr", a.ln.Addr().String(),
+		"store", a.cfg.Store.Backend, "secrets", a.cfg.Secrets.Backend)
 	fmt.Fprintf(m.Stdout, "Lanyard is running at %s\n", a.url)
 	if a.local != a.url {
 		fmt.Fprintf(m.Stdout, "Listening on %s\n", a.local)
