@@ -1,7 +1,6 @@
 package vault_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -145,24 +144,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers (the store logs
-// from its background goroutine).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // TestAppRole logs in with AppRole to a role whose tokens live 2s and at
 // most 6s, and works for ~8s: the token must be renewed and, at its maximum
@@ -225,7 +206,7 @@ path "secret/metadata/%[1]s/*" { capabilities = ["read", "delete", "list"] }
 	})
 
 	var (
-		logs   syncBuffer
+		logs   testenv.Buffer
 		mu     sync.Mutex
 		logins int
 		failed []string

@@ -19,28 +19,11 @@ import (
 	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // run runs the command in-process to completion.
 func run(t *testing.T, env map[string]string, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testenv.Buffer
 	m := &Main{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	code = m.Run(context.Background(), args)
 	return code, out.String(), errb.String()
@@ -49,13 +32,13 @@ func run(t *testing.T, env map[string]string, stdin string, args ...string) (cod
 // instance is a Lanyard running in-process on a free port.
 type instance struct {
 	url            string
-	stdout, stderr *syncBuffer
+	stdout, stderr *testenv.Buffer
 	stop           func() int
 }
 
 func start(t *testing.T, env map[string]string, args ...string) *instance {
 	t.Helper()
-	in := &instance{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	in := &instance{stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}}
 	ready := make(chan string, 1)
 	m := &Main{Stdin: strings.NewReader(""), Stdout: in.stdout, Stderr: in.stderr,
 		Getenv: func(k string) string { return env[k] }, OnReady: func(u string) { ready <- u }}
@@ -337,7 +320,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 
 	// Store a secret through the wired secret store of a running app.
-	var outb, errb syncBuffer
+	var outb, errb testenv.Buffer
 	m := &Main{Stdin: strings.NewReader(""), Stdout: &outb, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	cfg, err := (&adminFlags{config: cfgPath}).load(m)
 	if err != nil {
@@ -392,7 +375,7 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	}
 	port := testenv.FreePort(t)
 	cmd := exec.Command(bin, "dev", "--addr", testenv.Addr(port), "--data", t.TempDir())
-	var out syncBuffer
+	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
