@@ -157,6 +157,9 @@ func (m *Main) bootstrap(ctx context.Context, a *app) error {
 func (a *app) run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- a.srv.Serve(a.ln) }()
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	go a.sweep(sweepCtx, time.Minute)
 	select {
 	case err := <-errc:
 		return err
@@ -167,6 +170,27 @@ func (a *app) run(ctx context.Context) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return <-errc
+}
+
+// sweep deletes expired records (codes, tokens, cached clients) every
+// interval until ctx ends.
+func (a *app) sweep(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := a.store.Sweep(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				a.log.Warn("sweep expired records", "err", err)
+			case n > 0:
+				a.log.Info("swept expired records", "count", n)
+			}
+		}
+	}
 }
 
 func (a *app) close() {

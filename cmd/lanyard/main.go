@@ -14,6 +14,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -63,6 +65,7 @@ func commands() []command {
 		{"serve", "--config FILE", "run Lanyard from a configuration file", (*Main).serve},
 		{"users", "SUBCOMMAND [flags]", "manage local users (add, list, set-password, delete)", (*Main).users},
 		{"config", "check --config FILE", "validate a configuration file and list every problem", (*Main).configCmd},
+		{"version", "", "print the version and build information", (*Main).version},
 	}
 }
 
@@ -135,5 +138,25 @@ func parse(fs *flag.FlagSet, args []string) error {
 		}
 		return usagef("%s: %v", fs.Name(), err)
 	}
+	return nil
+}
+
+func (m *Main) version(_ context.Context, args []string) error {
+	fs := m.flagSet("version", "", "Prints the version of this binary and of its module.")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	v, goVersion := "(devel)", runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v += " " + s.Value
+			}
+		}
+	}
+	fmt.Fprintf(m.Stdout, "lanyard %s %s\n", v, goVersion)
 	return nil
 }

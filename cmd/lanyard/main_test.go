@@ -19,7 +19,6 @@ import (
 	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
-
 // run runs the command in-process to completion.
 func run(t *testing.T, env map[string]string, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -227,6 +226,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		{"--help"}, {"help"}, {"dev", "--help"}, {"serve", "--help"}, {"config", "--help"},
 		{"config", "check", "--help"}, {"users", "--help"}, {"users", "add", "--help"},
 		{"users", "list", "--help"}, {"users", "set-password", "--help"}, {"users", "delete", "-h"},
+		{"version", "--help"},
 	} {
 		code, out, _ := run(t, nil, "", args...)
 		if code != 0 || !strings.Contains(out, "Usage") {
@@ -400,5 +400,37 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "shutting down") {
 		t.Errorf("no shutdown log line:\n%s", out.String())
+	}
+}
+
+func TestSweeperRemovesExpiredRecords(t *testing.T) {
+	var logs testenv.Buffer
+	m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &logs, Getenv: func(string) string { return "" }}
+	cfg, err := (&adminFlags{data: t.TempDir()}).load(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := m.openApp(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	past := time.Now().Add(-time.Minute)
+	code := broker.AuthCode{ID: "expired-code-hash", ClientID: "c", IssuedAt: past, ExpiresAt: past.Add(time.Second)}
+	if err := a.store.AuthCodes().Create(context.Background(), code); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.sweep(ctx, 10*time.Millisecond)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "swept expired records") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sweeper did not remove the expired code:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n, err := a.store.Sweep(context.Background()); err != nil || n != 0 {
+		t.Errorf("Sweep after the sweeper = %d, %v; want 0 left", n, err)
 	}
 }
