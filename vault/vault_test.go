@@ -144,7 +144,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-
 // TestAppRole logs in with AppRole to a role whose tokens live 2s and at
 // most 6s, and works for ~8s: the token must be renewed and, at its maximum
 // lifetime, replaced by a new login, without a failed call.

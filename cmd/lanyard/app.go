@@ -121,7 +121,7 @@ func (m *Main) bootstrap(ctx context.Context, a *app) error {
 	now := time.Now()
 	switch {
 	case user != "" && pass != "":
-		hash, err := password.Hash(pass)
+		hash, err := password.Hash(pass, m.PasswordCost)
 		if err != nil {
 			return usagef("LANYARD_BOOTSTRAP_PASSWORD: %v", err)
 		}
@@ -141,7 +141,7 @@ func (m *Main) bootstrap(ctx context.Context, a *app) error {
 			return err
 		}
 		pass = broker.SecretString(randomPassword())
-		hash, err := password.Hash(pass)
+		hash, err := password.Hash(pass, m.PasswordCost)
 		if err != nil {
 			return err
 		}

@@ -45,6 +45,9 @@ type Main struct {
 	// OnReady, if set, is called with the URL of the listening address once
 	// the server accepts connections.
 	OnReady func(url string)
+	// PasswordCost is the bcrypt cost of new password hashes; 0 means
+	// password.DefaultCost. Tests lower it.
+	PasswordCost int
 }
 
 // usageError is bad input: reported in one line with exit status 2.

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/internal/testenv"
 )
@@ -23,7 +25,7 @@ import (
 func run(t *testing.T, env map[string]string, stdin string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errb testenv.Buffer
-	m := &Main{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	m := &Main{PasswordCost: bcrypt.MinCost, Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	code = m.Run(context.Background(), args)
 	return code, out.String(), errb.String()
 }
@@ -39,7 +41,7 @@ func start(t *testing.T, env map[string]string, args ...string) *instance {
 	t.Helper()
 	in := &instance{stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}}
 	ready := make(chan string, 1)
-	m := &Main{Stdin: strings.NewReader(""), Stdout: in.stdout, Stderr: in.stderr,
+	m := &Main{PasswordCost: bcrypt.MinCost, Stdin: strings.NewReader(""), Stdout: in.stdout, Stderr: in.stderr,
 		Getenv: func(k string) string { return env[k] }, OnReady: func(u string) { ready <- u }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
@@ -321,7 +323,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// Store a secret through the wired secret store of a running app.
 	var outb, errb testenv.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: &outb, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	m := &Main{PasswordCost: bcrypt.MinCost, Stdin: strings.NewReader(""), Stdout: &outb, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	cfg, err := (&adminFlags{config: cfgPath}).load(m)
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +407,7 @@ func TestSIGTERMShutsDownGracefully(t *testing.T) {
 
 func TestSweeperRemovesExpiredRecords(t *testing.T) {
 	var logs testenv.Buffer
-	m := &Main{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &logs, Getenv: func(string) string { return "" }}
+	m := &Main{PasswordCost: bcrypt.MinCost, Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &logs, Getenv: func(string) string { return "" }}
 	cfg, err := (&adminFlags{data: t.TempDir()}).load(m)
 	if err != nil {
 		t.Fatal(err)

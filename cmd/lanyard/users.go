@@ -106,7 +106,7 @@ func (m *Main) readPassword() (string, error) {
 	if err != nil && line == "" {
 		return "", usagef("no password on standard input")
 	}
-	hash, err := password.Hash(broker.SecretString(strings.TrimRight(line, "\r\n")))
+	hash, err := password.Hash(broker.SecretString(strings.TrimRight(line, "\r\n")), m.PasswordCost)
 	if errors.Is(err, broker.ErrInvalid) {
 		return "", usagef("%v", err)
 	}

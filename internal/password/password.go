@@ -12,8 +12,9 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 )
 
-// Cost is the bcrypt work factor.
-const Cost = 12
+// DefaultCost is the bcrypt work factor used unless a caller asks for
+// another (tests use bcrypt's minimum to stay fast under the race detector).
+const DefaultCost = 12
 
 // Length limits. bcrypt reads at most 72 bytes; a longer password would be
 // silently truncated, so it is refused instead.
@@ -36,12 +37,16 @@ func Check(p broker.SecretString) error {
 	return nil
 }
 
-// Hash checks p and returns its bcrypt hash.
-func Hash(p broker.SecretString) (string, error) {
+// Hash checks p and returns its bcrypt hash with the given cost (0 means
+// DefaultCost).
+func Hash(p broker.SecretString, cost int) (string, error) {
 	if err := Check(p); err != nil {
 		return "", err
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(p.Reveal()), Cost)
+	if cost == 0 {
+		cost = DefaultCost
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(p.Reveal()), cost)
 	if err != nil {
 		return "", fmt.Errorf("hash password: %w", err)
 	}

@@ -5,12 +5,14 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/lanyardhq/lanyard/broker"
 )
 
 func TestHashVerify(t *testing.T) {
 	p := broker.SecretString("correct horse battery staple")
-	h, err := Hash(p)
+	h, err := Hash(p, bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,8 +29,18 @@ func TestHashVerify(t *testing.T) {
 
 func TestCheckBounds(t *testing.T) {
 	for _, p := range []string{"", "short", strings.Repeat("x", MaxLen+1)} {
-		if _, err := Hash(broker.SecretString(p)); !errors.Is(err, broker.ErrInvalid) {
+		if _, err := Hash(broker.SecretString(p), 4); !errors.Is(err, broker.ErrInvalid) {
 			t.Errorf("Hash(len %d) = %v, want ErrInvalid", len(p), err)
 		}
+	}
+}
+
+func TestDefaultCost(t *testing.T) {
+	h, err := Hash("a long enough passphrase", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := bcrypt.Cost([]byte(h)); err != nil || c != DefaultCost {
+		t.Errorf("cost = %d, %v; want %d", c, err, DefaultCost)
 	}
 }
