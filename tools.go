@@ -10,6 +10,10 @@ import (
 	_ "github.com/hashicorp/vault/api/auth/approle"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "go.etcd.io/bbolt"
+	_ "github.com/gorilla/csrf"
+	_ "github.com/lestrrat-go/jwx/v2/jwt"
 	_ "golang.org/x/crypto/bcrypt"
+	_ "golang.org/x/oauth2"
+	_ "golang.org/x/time/rate"
 	_ "gopkg.in/yaml.v3"
 )
