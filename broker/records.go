@@ -54,8 +54,10 @@ type User struct {
 	Username     string    `json:"username"`
 	PasswordHash string    `json:"password_hash,omitempty"`
 	Admin        bool      `json:"admin,omitempty"`
+	Groups       []string  `json:"groups,omitempty"`
 	Disabled     bool      `json:"disabled,omitempty"`
 	FailedLogins int       `json:"failed_logins,omitempty"`
+	LockedUntil  time.Time `json:"locked_until,omitzero"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
 }
@@ -88,8 +90,12 @@ type Client struct {
 	ApplicationType         string     `json:"application_type,omitempty"`
 	TokenEndpointAuthMethod string     `json:"token_endpoint_auth_method,omitempty"`
 	SecretHash              string     `json:"secret_hash,omitempty"`
-	CreatedAt               time.Time  `json:"created_at"`
-	ExpiresAt               time.Time  `json:"expires_at,omitzero"`
+	// PreApprovedUsers and PreApprovedGroups (user names and groups) skip
+	// the consent screen: an enterprise allow-listing its own agents.
+	PreApprovedUsers  []string  `json:"pre_approved_users,omitempty"`
+	PreApprovedGroups []string  `json:"pre_approved_groups,omitempty"`
+	CreatedAt         time.Time `json:"created_at"`
+	ExpiresAt         time.Time `json:"expires_at,omitzero"`
 }
 
 func (c Client) RecordID() string        { return c.ID }
@@ -105,6 +111,8 @@ type Resource struct {
 	ID                      string    `json:"id"`
 	URI                     string    `json:"uri"`
 	Name                    string    `json:"name,omitempty"`
+	Scopes                  []string  `json:"scopes,omitempty"`
+	DefaultScopes           []string  `json:"default_scopes,omitempty"`
 	TokenEndpointAuthMethod string    `json:"token_endpoint_auth_method,omitempty"`
 	SecretHash              string    `json:"secret_hash,omitempty"`
 	JWKSURL                 string    `json:"jwks_url,omitempty"`

@@ -114,6 +114,8 @@ type Store interface {
 	AuthCodes() SingleUseTable[AuthCode]
 	RefreshTokens() SingleUseTable[RefreshToken]
 	DeviceCodes() SingleUseTable[DeviceCode]
+	Sessions() Table[Session]
+	AuthRequests() SingleUseTable[AuthRequest]
 
 	// Sweep deletes expired records and returns how many it removed.
 	Sweep(ctx context.Context) (int, error)

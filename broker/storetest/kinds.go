@@ -154,3 +154,33 @@ var deviceCodes = singleUseKind[broker.DeviceCode]{
 	},
 	su: broker.Store.DeviceCodes,
 }
+
+var sessions = kind[broker.Session]{
+	table: broker.Store.Sessions,
+	fixture: func(id, uniq string, now time.Time) broker.Session {
+		return broker.Session{ID: id, UserID: "u-" + uniq, AuthTime: now, CreatedAt: now, ExpiresAt: now.Add(12 * time.Hour)}
+	},
+	mutate: func(s broker.Session) broker.Session {
+		s.UserID += "-other"
+		s.BadUserCodes = 2
+		return s
+	},
+	invalid: func(s broker.Session) broker.Session { s.UserID = ""; return s },
+}
+
+var authRequests = singleUseKind[broker.AuthRequest]{
+	kind: kind[broker.AuthRequest]{
+		table: func(s broker.Store) broker.Table[broker.AuthRequest] { return s.AuthRequests() },
+		fixture: func(id, uniq string, now time.Time) broker.AuthRequest {
+			return broker.AuthRequest{ID: id, ClientID: "c-" + uniq, RedirectURI: "http://127.0.0.1/cb", State: "s-" + uniq,
+				CodeChallenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", Resource: "https://mcp.example.com/a",
+				Scopes: []string{"mcp"}, CreatedAt: now, ExpiresAt: now.Add(10 * time.Minute)}
+		},
+		mutate: func(a broker.AuthRequest) broker.AuthRequest {
+			a.UserID = "u-bound"
+			return a
+		},
+		invalid: func(a broker.AuthRequest) broker.AuthRequest { a.Resource = ""; return a },
+	},
+	su: broker.Store.AuthRequests,
+}

@@ -64,6 +64,8 @@ type DB struct {
 	authCodes   *singleUse[broker.AuthCode]
 	refresh     *singleUse[broker.RefreshToken]
 	devices     *singleUse[broker.DeviceCode]
+	sessions    *table[broker.Session]
+	authReqs    *singleUse[broker.AuthRequest]
 	sweepers    []sweeper
 }
 
@@ -95,8 +97,10 @@ func Open(path string, opts Options) (*DB, error) {
 	db.authCodes = newSingleUse[broker.AuthCode](db, "auth_codes")
 	db.refresh = newSingleUse[broker.RefreshToken](db, "refresh_tokens")
 	db.devices = newSingleUse[broker.DeviceCode](db, "device_codes")
+	db.sessions = newTable[broker.Session](db, "sessions")
+	db.authReqs = newSingleUse[broker.AuthRequest](db, "auth_requests")
 	db.sweepers = []sweeper{db.users, db.clients, db.resources, db.connections, db.grants,
-		db.authCodes, db.refresh, db.devices}
+		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs}
 	err = bdb.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists([]byte(blobBucket))
 		for _, s := range db.sweepers {
@@ -110,6 +114,12 @@ func Open(path string, opts Options) (*DB, error) {
 	}
 	return db, nil
 }
+
+// Sessions implements broker.Store.
+func (db *DB) Sessions() broker.Table[broker.Session] { return db.sessions }
+
+// AuthRequests implements broker.Store.
+func (db *DB) AuthRequests() broker.SingleUseTable[broker.AuthRequest] { return db.authReqs }
 
 // Path returns the data file's path.
 func (db *DB) Path() string { return db.path }
