@@ -17,12 +17,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/oauth"
 )
 
 // Config is the whole configuration. configs/lanyard.example.yaml documents
@@ -37,6 +39,11 @@ type Config struct {
 	HTTP    HTTP    `yaml:"http"`
 	Store   Store   `yaml:"store"`
 	Secrets Secrets `yaml:"secrets"`
+	OAuth   OAuth   `yaml:"oauth"`
+	// Resources are the MCP servers Lanyard issues tokens for.
+	Resources []Resource `yaml:"resources"`
+	// Clients are pre-registered OAuth clients (agents).
+	Clients []Client `yaml:"clients"`
 
 	// Dev is set by `lanyard dev`: plain-http loopback issuer allowed.
 	Dev bool `yaml:"-"`
@@ -101,6 +108,61 @@ type AppRole struct {
 	SecretIDFile string              `yaml:"secret_id_file"`
 }
 
+// OAuth configures the authorization server.
+type OAuth struct {
+	AccessTokenTTL  time.Duration `yaml:"access_token_ttl"`
+	RefreshTokenTTL time.Duration `yaml:"refresh_token_ttl"`
+	SessionTTL      time.Duration `yaml:"session_ttl"`
+	DeviceCodeTTL   time.Duration `yaml:"device_code_ttl"`
+	DeviceInterval  time.Duration `yaml:"device_interval"`
+	SigningAlg      string        `yaml:"signing_alg"`
+	// DefaultResource is used when an authorization request names none.
+	DefaultResource string `yaml:"default_resource"`
+	// Registration is RFC 7591 dynamic client registration.
+	Registration Registration `yaml:"registration"`
+	// ClientMetadataDocuments enables URL client IDs (CIMD).
+	ClientMetadataDocuments bool `yaml:"client_metadata_documents"`
+}
+
+// Registration configures dynamic client registration.
+type Registration struct {
+	Enabled       bool `yaml:"enabled"`
+	RatePerMinute int  `yaml:"rate_per_minute"`
+}
+
+// Resource is a registered MCP server.
+type Resource struct {
+	ID               string              `yaml:"id"`
+	URI              string              `yaml:"uri"`
+	Name             string              `yaml:"name"`
+	Scopes           []string            `yaml:"scopes"`
+	DefaultScopes    []string            `yaml:"default_scopes"`
+	ClientSecret     broker.SecretString `yaml:"client_secret"`
+	ClientSecretFile string              `yaml:"client_secret_file"`
+}
+
+// Client is a pre-registered OAuth client.
+type Client struct {
+	ClientID         string              `yaml:"client_id"`
+	Name             string              `yaml:"name"`
+	RedirectURIs     []string            `yaml:"redirect_uris"`
+	GrantTypes       []string            `yaml:"grant_types"`
+	ClientSecret     broker.SecretString `yaml:"client_secret"`
+	ClientSecretFile string              `yaml:"client_secret_file"`
+	PreApproved      PreApproved         `yaml:"pre_approved"`
+}
+
+// PreApproved lists who may use a client without a consent screen.
+type PreApproved struct {
+	Users  []string `yaml:"users"`
+	Groups []string `yaml:"groups"`
+}
+
+// MinSecretLen is the shortest client secret accepted for resources and
+// confidential clients; secrets are stored as SHA-256 hashes, which is only
+// safe for high-entropy values.
+const MinSecretLen = 32
+
 // Default returns the configuration every key starts from.
 func Default() Config {
 	return Config{
@@ -117,6 +179,12 @@ func Default() Config {
 		},
 		Store:   Store{Backend: "bolt"},
 		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
+		OAuth: OAuth{
+			AccessTokenTTL: 10 * time.Minute, RefreshTokenTTL: 30 * 24 * time.Hour, SessionTTL: 12 * time.Hour,
+			DeviceCodeTTL: 10 * time.Minute, DeviceInterval: 5 * time.Second, SigningAlg: "ES256",
+			Registration:            Registration{Enabled: true, RatePerMinute: 10},
+			ClientMetadataDocuments: true,
+		},
 	}
 }
 
@@ -258,6 +326,7 @@ func (c *Config) finish() Problems {
 	if c.Store.Backend != "bolt" {
 		add("store.backend: %q is not supported (bolt)", c.Store.Backend)
 	}
+	p = append(p, c.finishOAuth()...)
 	switch c.Secrets.Backend {
 	case "sealed":
 	case "vault":
@@ -355,4 +424,123 @@ func Finish(cfg Config) (Config, error) {
 		return cfg, p
 	}
 	return cfg, nil
+}
+
+func (c *Config) finishOAuth() Problems {
+	var p Problems
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	o := &c.OAuth
+	for name, d := range map[string]time.Duration{
+		"oauth.access_token_ttl": o.AccessTokenTTL, "oauth.refresh_token_ttl": o.RefreshTokenTTL,
+		"oauth.session_ttl": o.SessionTTL, "oauth.device_code_ttl": o.DeviceCodeTTL, "oauth.device_interval": o.DeviceInterval,
+	} {
+		if d <= 0 {
+			add("%s: must be a positive duration", name)
+		}
+	}
+	if o.AccessTokenTTL > 24*time.Hour {
+		add("oauth.access_token_ttl: at most 24h (use refresh tokens)")
+	}
+	switch o.SigningAlg {
+	case "ES256", "RS256", "EdDSA":
+	default:
+		add("oauth.signing_alg: %q is not one of ES256, RS256, EdDSA", o.SigningAlg)
+	}
+	if o.Registration.RatePerMinute <= 0 {
+		o.Registration.RatePerMinute = 10
+	}
+	ids, uris := map[string]bool{}, map[string]bool{}
+	for i := range c.Resources {
+		r := &c.Resources[i]
+		key := fmt.Sprintf("resources[%d]", i)
+		readSecretFile(&r.ClientSecret, r.ClientSecretFile, key+".client_secret_file", &p)
+		if !idRE.MatchString(r.ID) {
+			add("%s.id: %q must be 1-64 of A-Z a-z 0-9 . _ -", key, r.ID)
+		} else if ids[r.ID] {
+			add("%s.id: %q is used twice", key, r.ID)
+		}
+		ids[r.ID] = true
+		canon, err := oauth.CanonicalResource(r.URI, c.Dev)
+		if err != nil {
+			add("%s.uri: %q must be an absolute https URI without fragment", key, r.URI)
+		} else if uris[canon] {
+			add("%s.uri: %q is used twice", key, r.URI)
+		}
+		r.URI, uris[canon] = canon, true
+		if len(r.Scopes) == 0 {
+			add("%s.scopes: list the scopes this MCP server understands", key)
+		}
+		for _, s := range r.DefaultScopes {
+			if !slices.Contains(r.Scopes, s) {
+				add("%s.default_scopes: %q is not in scopes", key, s)
+			}
+		}
+		if r.DefaultScopes == nil {
+			r.DefaultScopes = r.Scopes
+		}
+		if len(r.ClientSecret) < MinSecretLen {
+			add("%s.client_secret: at least %d characters (from ${ENV} or client_secret_file)", key, MinSecretLen)
+		}
+	}
+	if o.DefaultResource != "" {
+		canon, err := oauth.CanonicalResource(o.DefaultResource, c.Dev)
+		if err != nil || !uris[canon] {
+			add("oauth.default_resource: %q is not one of the resources' uri", o.DefaultResource)
+		}
+		o.DefaultResource = canon
+	}
+	seen := map[string]bool{}
+	for i := range c.Clients {
+		cl := &c.Clients[i]
+		key := fmt.Sprintf("clients[%d]", i)
+		readSecretFile(&cl.ClientSecret, cl.ClientSecretFile, key+".client_secret_file", &p)
+		if !idRE.MatchString(cl.ClientID) {
+			add("%s.client_id: %q must be 1-64 of A-Z a-z 0-9 . _ -", key, cl.ClientID)
+		} else if seen[cl.ClientID] {
+			add("%s.client_id: %q is used twice", key, cl.ClientID)
+		}
+		seen[cl.ClientID] = true
+		if len(cl.RedirectURIs) == 0 && !slices.Contains(cl.GrantTypes, "urn:ietf:params:oauth:grant-type:device_code") {
+			add("%s.redirect_uris: at least one (or grant the device_code grant type)", key)
+		}
+		for _, u := range cl.RedirectURIs {
+			if err := checkRedirect(u); err != nil {
+				add("%s.redirect_uris: %q %v", key, u, err)
+			}
+		}
+		if cl.GrantTypes == nil {
+			cl.GrantTypes = []string{"authorization_code", "refresh_token"}
+		}
+		for _, g := range cl.GrantTypes {
+			switch g {
+			case "authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code":
+			default:
+				add("%s.grant_types: %q is not supported", key, g)
+			}
+		}
+		if cl.ClientSecret != "" && len(cl.ClientSecret) < MinSecretLen {
+			add("%s.client_secret: at least %d characters", key, MinSecretLen)
+		}
+	}
+	return p
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// checkRedirect accepts https URLs, http loopback URLs, and private-use
+// (reverse-DNS) schemes for native apps; never a fragment.
+func checkRedirect(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || !u.IsAbs():
+		return errors.New("is not an absolute URI")
+	case u.Fragment != "" || strings.Contains(s, "#"):
+		return errors.New("must not have a fragment")
+	case u.Scheme == "https" && u.Host != "":
+	case u.Scheme == "http" && oauth.IsLoopbackHost(u.Hostname()):
+	case strings.Contains(u.Scheme, "."):
+	default:
+		return errors.New("must be https, http on a loopback host, or a reverse-DNS private-use scheme")
+	}
+	return nil
 }

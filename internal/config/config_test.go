@@ -158,6 +158,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestExampleConfigIsValid(t *testing.T) {
 	cfg, err := Load("../../configs/lanyard.example.yaml", env(map[string]string{
 		"VAULT_ADDR": "https://vault.example:8200", "VAULT_TOKEN": "hvs.example",
+		"MAIL_MCP_SECRET": "0123456789abcdef0123456789abcdef",
 	}))
 	if err != nil {
 		t.Fatalf("example config: %v", err)
@@ -185,11 +186,11 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 			if key == "-" || key == "" {
 				continue
 			}
-			if !regexp.MustCompile(`(?m)^[\s#]*` + regexp.QuoteMeta(key) + `:`).Match(raw) {
+			if !regexp.MustCompile(`(?m)^[\s#-]*` + regexp.QuoteMeta(key) + `:`).Match(raw) {
 				t.Errorf("key %s%s is not documented in the example config", path, key)
 			}
 			ft := f.Type
-			for ft.Kind() == reflect.Pointer {
+			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
 				ft = ft.Elem()
 			}
 			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Time{}) {
@@ -198,4 +199,44 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		}
 	}
 	walk(reflect.TypeOf(Config{}), "")
+}
+
+func TestResourcesAndClients(t *testing.T) {
+	raw := []byte(`
+issuer: https://x.example
+resources:
+  - {id: a, uri: "HTTPS://MCP.Example.com:443/mcp", scopes: [s1, s2], client_secret: "${S}"}
+  - {id: a, uri: "https://mcp.example.com/mcp", scopes: [], default_scopes: [zz], client_secret: short}
+  - {id: "bad id", uri: "http://evil.example/mcp", scopes: [x], client_secret: "${S}"}
+clients:
+  - {client_id: c1, redirect_uris: ["javascript:alert(1)", "https://app.example/cb#frag", "http://10.0.0.1/cb"]}
+  - {client_id: c1, redirect_uris: ["https://app.example/cb"], grant_types: [password], client_secret: short}
+oauth: {default_resource: "https://other.example/"}
+`)
+	_, err := Parse(raw, env(map[string]string{"S": "0123456789abcdef0123456789abcdef"}))
+	for _, want := range []string{
+		`resources[1].id: "a" is used twice`, `resources[1].uri: "https://mcp.example.com/mcp" is used twice`,
+		"resources[1].scopes:", `resources[1].default_scopes: "zz"`, "resources[1].client_secret:",
+		"resources[2].id:", "resources[2].uri:", `clients[0].redirect_uris: "javascript:alert(1)"`,
+		`clients[0].redirect_uris: "https://app.example/cb#frag"`, `clients[0].redirect_uris: "http://10.0.0.1/cb"`,
+		`clients[1].client_id: "c1" is used twice`, `clients[1].grant_types: "password"`, "clients[1].client_secret:",
+		"oauth.default_resource:",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	cfg, err := Parse([]byte(`
+issuer: https://x.example
+resources: [{id: a, uri: "HTTPS://MCP.Example.com:443", scopes: [s1], client_secret: "${S}"}]
+`), env(map[string]string{"S": "0123456789abcdef0123456789abcdef"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Resources[0].URI, "https://mcp.example.com/"; got != want {
+		t.Errorf("canonical uri = %q, want %q", got, want)
+	}
+	if got := cfg.Resources[0].DefaultScopes; len(got) != 1 || got[0] != "s1" {
+		t.Errorf("default scopes = %v, want all scopes", got)
+	}
 }
