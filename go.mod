@@ -1,6 +1,6 @@
 module github.com/lanyardhq/lanyard
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/gorilla/csrf v1.7.3

@@ -5,13 +5,13 @@
 package deps
 
 import (
+	_ "github.com/gorilla/csrf"
 	_ "github.com/gorilla/mux"
 	_ "github.com/hashicorp/vault/api"
 	_ "github.com/hashicorp/vault/api/auth/approle"
+	_ "github.com/lestrrat-go/jwx/v2/jwt"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "go.etcd.io/bbolt"
-	_ "github.com/gorilla/csrf"
-	_ "github.com/lestrrat-go/jwx/v2/jwt"
 	_ "golang.org/x/crypto/bcrypt"
 	_ "golang.org/x/oauth2"
 	_ "golang.org/x/time/rate"

@@ -24,8 +24,9 @@ func ValidateUsername(name string) error {
 }
 
 // EnsureAdmin creates the admin user username with passwordHash, or, if the
-// user exists, sets its password hash and makes it an enabled admin. It
-// reports whether the user was created.
+// user exists, sets its password hash and makes it an admin. A user an
+// operator disabled stays disabled (the caller should warn). It reports
+// whether the user was created.
 func EnsureAdmin(ctx context.Context, users Table[User], username, passwordHash string, now time.Time) (bool, error) {
 	if err := ValidateUsername(username); err != nil {
 		return false, err
@@ -45,7 +46,7 @@ func EnsureAdmin(ctx context.Context, users Table[User], username, passwordHash 
 		return false, fmt.Errorf("ensure admin: %w", err)
 	}
 	_, err = users.Update(ctx, existing.ID, func(u User) (User, error) {
-		u.PasswordHash, u.Admin, u.Disabled, u.FailedLogins, u.UpdatedAt = passwordHash, true, false, 0, now
+		u.PasswordHash, u.Admin, u.FailedLogins, u.LockedUntil, u.UpdatedAt = passwordHash, true, 0, time.Time{}, now
 		return u, nil
 	})
 	if err != nil {

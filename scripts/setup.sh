@@ -6,7 +6,8 @@ set -euo pipefail
 
 # Debian packages the test suite uses. Later components (etcd, dovecot,
 # redis, chromium) are added here when their tests land.
-APT_PACKAGES=(ca-certificates git curl)
+# gcc and libc6-dev: `go test -race` needs cgo.
+APT_PACKAGES=(ca-certificates git curl gcc libc6-dev)
 
 STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
 BBOLT_VERSION=v1.4.3         # go.etcd.io/bbolt CLI for `bbolt check`
@@ -17,12 +18,19 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+    SUDO=sudo
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Tools go to GOPATH/bin whatever GOBIN the caller set, so that test.sh finds
+# them on the PATH it builds.
 GOBIN="$(go env GOPATH)/bin"
+export GOBIN
 install_tool() { # name module@version version-regex
   local name=$1 mod=$2 want=$3
   if [[ -x "$GOBIN/$name" ]] && go version -m "$GOBIN/$name" 2>/dev/null | grep -q "mod.*$want"; then

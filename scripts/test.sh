@@ -25,17 +25,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Ports below Linux's ephemeral range (32768-60999), so an outgoing
+# connection cannot be holding the one we pick.
 free_port() {
   local p
   for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % 12000))
     if port_free "$p"; then echo "$p"; return; fi
   done
   echo "no free port found" >&2; return 1
 }
-wait_http() { # url seconds
+wait_http() { # url seconds pid
   for _ in $(seq $(($2 * 10))); do
     curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1 # it died (port taken?)
     sleep 0.1
   done
   return 1
@@ -52,7 +55,7 @@ start_vault() {
       -dev-root-token-id="$token" >"$RUN_DIR/vault.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
-    if wait_http "http://127.0.0.1:$port/v1/sys/health" 30; then
+    if wait_http "http://127.0.0.1:$port/v1/sys/health" 30 "$pid"; then
       export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$token"
       echo "test: vault dev server on $VAULT_ADDR (pid $pid)" >&2
       return 0
@@ -70,4 +73,9 @@ go vet ./...
 echo "test: staticcheck" >&2
 staticcheck ./...
 echo "test: go test -race" >&2
-go test -race -count=1 -timeout 20m ./...
+# In the background, so that a TERM from CI reaches the trap (and the
+# cleanup) at once instead of after the tests.
+go test -race -count=1 -timeout 20m ./... &
+GOTEST=$!
+PIDS+=("$GOTEST")
+wait "$GOTEST"

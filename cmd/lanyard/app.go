@@ -133,6 +133,9 @@ func (m *Main) bootstrap(ctx context.Context, a *app) error {
 			return err
 		}
 		a.log.Info("bootstrap admin applied", "user", user, "created", created)
+		if u, err := a.store.Users().GetBy(ctx, broker.IndexUsername, user); err == nil && u.Disabled {
+			a.log.Warn("bootstrap admin is disabled; it stays disabled until an operator enables it", "user", user)
+		}
 	case user != "" || pass != "":
 		return usagef("set both LANYARD_BOOTSTRAP_USER and LANYARD_BOOTSTRAP_PASSWORD, or neither")
 	case a.cfg.Dev:

@@ -236,13 +236,22 @@ func Parse(raw []byte, getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
+// yamlProblems reports decoding errors without the offending values: yaml
+// quotes them in backticks, and after ${ENV} expansion a value may be a
+// secret.
 func yamlProblems(err error) []string {
 	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		return te.Errors
+	if !errors.As(err, &te) {
+		return []string{fmt.Sprintf("yaml: %s", quotedValue.ReplaceAllString(err.Error(), "(value hidden)"))}
 	}
-	return []string{fmt.Sprintf("yaml: %v", err)}
+	out := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		out[i] = quotedValue.ReplaceAllString(e, "(value hidden)")
+	}
+	return out
 }
+
+var quotedValue = regexp.MustCompile("`[^`]*`")
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$`)
 

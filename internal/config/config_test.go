@@ -240,3 +240,10 @@ resources: [{id: a, uri: "HTTPS://MCP.Example.com:443", scopes: [s1], client_sec
 		t.Errorf("default scopes = %v, want all scopes", got)
 	}
 }
+
+func TestTypeErrorsHideValues(t *testing.T) {
+	_, err := Parse([]byte("issuer: https://x.example\nhttp:\n  max_header_bytes: ${SECRET}\n"), env(map[string]string{"SECRET": "hvs.SECRETVALUE"}))
+	if err == nil || strings.Contains(err.Error(), "hvs.SEC") || !strings.Contains(err.Error(), "max_header_bytes") && !strings.Contains(err.Error(), "int") {
+		t.Errorf("error = %v; want a type error that does not echo the value", err)
+	}
+}

@@ -81,6 +81,18 @@ func Outcome(err error) string {
 // ObserveRequest records one finished HTTP request. route is the route
 // template (never the raw path, which may carry identifiers).
 func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration) {
+	method = Method(method)
 	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
 	m.latency.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// Method bounds the method label: a client can send any token as a method,
+// and every distinct label value is a new series held in memory.
+func Method(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "OTHER"
 }

@@ -81,7 +81,8 @@ func Start(tb testing.TB, cmd *exec.Cmd) string {
 		tb.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the test binary dies (timeout, ^C), so does the child.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		tb.Fatalf("start %s: %v", cmd.Path, err)
