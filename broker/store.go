@@ -87,6 +87,10 @@ type Table[T Record] interface {
 
 // SingleUseTable stores single-use records. Consumed records stay until they
 // expire so that a replay can be detected.
+//
+// Update keeps the stored ConsumedAt whatever fn returns: it may change
+// other fields of a consumed record but never un-consumes it, and it never
+// consumes one either (only Consume and Rotate do).
 type SingleUseTable[T SingleUse[T]] interface {
 	Table[T]
 	// Consume marks the record consumed in one atomic step and returns it.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
 )
@@ -71,6 +72,46 @@ func testSingleUse[T broker.SingleUse[T]](t *testing.T, open Opener, k singleUse
 		if got, err := tab.Get(ctx, "code-1"); noErr(t, "Get", err) {
 			equal(t, "stored record after Consume", got, rec.WithConsumedAt(e.clock.Now()))
 		}
+	})
+
+	t.Run("UpdateKeepsConsumed", func(t *testing.T) {
+		e := newEnv(t, open)
+		tab := k.su(e.store)
+		rec := k.fixture("code-1", "1", e.clock.Now())
+		mustNoErr(t, "Create", tab.Create(ctx, rec))
+
+		// Update cannot consume: only Consume and Rotate do.
+		got, err := tab.Update(ctx, "code-1", func(old T) (T, error) {
+			return old.WithConsumedAt(e.clock.Now()), nil
+		})
+		if noErr(t, "Update setting ConsumedAt", err) && !got.ConsumedAt().IsZero() {
+			t.Errorf("Update setting ConsumedAt consumed the record: result ConsumedAt = %v", got.ConsumedAt())
+		}
+		if got, err := tab.Get(ctx, "code-1"); noErr(t, "Get", err) && !got.ConsumedAt().IsZero() {
+			t.Errorf("Update setting ConsumedAt consumed the stored record: ConsumedAt = %v", got.ConsumedAt())
+		}
+
+		e.clock.Advance(1)
+		consumedAt := e.clock.Now()
+		_, err = tab.Consume(ctx, "code-1", nil)
+		mustNoErr(t, "Consume", err)
+
+		// Nor can it un-consume: a replay must stay detectable.
+		want := k.mutate(rec).WithConsumedAt(consumedAt)
+		got, err = tab.Update(ctx, "code-1", func(old T) (T, error) {
+			return k.mutate(old).WithConsumedAt(time.Time{}), nil
+		})
+		if noErr(t, "Update clearing ConsumedAt", err) {
+			equal(t, "Update clearing ConsumedAt: result", got, want)
+		}
+		if got, err := tab.Get(ctx, "code-1"); noErr(t, "Get after Update", err) {
+			equal(t, "stored record after Update clearing ConsumedAt", got, want)
+		}
+		got, err = tab.Consume(ctx, "code-1", nil)
+		wantErr(t, "Consume after Update clearing ConsumedAt", err, broker.ErrConsumed)
+		equal(t, "replayed record", got, want)
+		_, err = tab.Rotate(ctx, "code-1", nil, k.fixture("next", "next", e.clock.Now()))
+		wantErr(t, "Rotate after Update clearing ConsumedAt", err, broker.ErrConsumed)
 	})
 
 	t.Run("Rotate", func(t *testing.T) {

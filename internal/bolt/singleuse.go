@@ -23,6 +23,20 @@ func newSingleUse[T broker.SingleUse[T]](db *DB, kind string) *singleUse[T] {
 	return &singleUse[T]{newTable[T](db, kind)}
 }
 
+// Update implements broker.Table for single-use records. The stored
+// ConsumedAt always wins over the one fn returns: a consumed record stays
+// consumed (an Update cannot un-consume it and re-open it to a replay), and
+// an unconsumed one is consumed only by Consume or Rotate.
+func (s *singleUse[T]) Update(ctx context.Context, id string, fn func(T) (T, error)) (T, error) {
+	return s.table.Update(ctx, id, func(old T) (T, error) {
+		rec, err := fn(old)
+		if err != nil {
+			return rec, err
+		}
+		return rec.WithConsumedAt(old.ConsumedAt()), nil
+	})
+}
+
 // Consume implements broker.SingleUseTable. A record consumed already is
 // reported (with ErrConsumed) before check runs, so that a replay is always
 // detected.
