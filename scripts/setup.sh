@@ -5,9 +5,12 @@
 set -euo pipefail
 
 # Debian packages the test suite uses. Later components (etcd, dovecot,
-# redis, chromium) are added here when their tests land.
+# redis) are added here when their tests land.
 # gcc and libc6-dev: `go test -race` needs cgo.
-APT_PACKAGES=(ca-certificates git curl gcc libc6-dev)
+APT_PACKAGES=(ca-certificates git curl gcc libc6-dev
+  nodejs     # e2e/: the MCP TypeScript SDK and playwright-core (Node >= 20; ships npm)
+  chromium   # e2e/: the browser playwright-core drives (/usr/bin/chromium)
+)
 
 STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
 BBOLT_VERSION=v1.4.3         # go.etcd.io/bbolt CLI for `bbolt check`
@@ -25,6 +28,22 @@ if ((${#missing[@]})); then
   fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# A nodejs build without npm (Debian's own) needs the separate npm package.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing npm" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+fi
+
+# npm packages of the end-to-end test (e2e/package-lock.json): installed when
+# missing or when the lockfile is newer than the last install.
+E2E_DIR="$(cd "$(dirname "$0")/.." && pwd)/e2e"
+if [[ ! -f "$E2E_DIR/node_modules/.package-lock.json" || "$E2E_DIR/package-lock.json" -nt "$E2E_DIR/node_modules/.package-lock.json" ]]; then
+  echo "setup: npm ci in e2e/" >&2
+  (cd "$E2E_DIR" && npm ci --no-audit --no-fund)
 fi
 
 # Tools go to GOPATH/bin whatever GOBIN the caller set, so that test.sh finds
