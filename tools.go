@@ -5,7 +5,6 @@
 package deps
 
 import (
-	_ "github.com/gorilla/csrf"
 	_ "github.com/gorilla/mux"
 	_ "github.com/hashicorp/vault/api"
 	_ "github.com/hashicorp/vault/api/auth/approle"

@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -99,3 +102,19 @@ func (s Secret) MarshalJSON() ([]byte, error) {
 
 // MarshalText implements encoding.TextMarshaler.
 func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// HashSecret is how Lanyard stores high-entropy secrets it issues or is
+// given (authorization codes, refresh tokens, device codes, client and MCP
+// server secrets): SHA-256, hex. It is only for values with at least 128
+// bits of entropy; user passwords use bcrypt (internal/password).
+func HashSecret(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// SecretMatches reports, in constant time, whether presented hashes to hash.
+// An empty hash never matches.
+func SecretMatches(hash, presented string) bool {
+	got := HashSecret(presented)
+	return hash != "" && subtle.ConstantTimeCompare([]byte(hash), []byte(got)) == 1
+}

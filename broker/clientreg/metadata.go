@@ -23,9 +23,6 @@ package clientreg
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -299,29 +296,29 @@ func decodeObject(body []byte) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	tok, err := dec.Token()
 	if err != nil || tok != json.Delim('{') {
-		return nil, metaErr("body must be a JSON object")
+		return nil, metaErr("not a JSON object")
 	}
 	members := map[string]json.RawMessage{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, metaErr("body is not valid JSON")
+			return nil, metaErr("not a JSON object: invalid JSON")
 		}
 		name, _ := tok.(string)
 		if _, dup := members[name]; dup {
-			return nil, metaErr("body has a duplicate member name")
+			return nil, metaErr("JSON object has a duplicate member name")
 		}
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return nil, metaErr("body is not valid JSON")
+			return nil, metaErr("not a JSON object: invalid JSON")
 		}
 		members[name] = v
 	}
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, metaErr("body is not valid JSON")
+		return nil, metaErr("not a JSON object: invalid JSON")
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, metaErr("body has data after the JSON object")
+		return nil, metaErr("not a JSON object: data after the object")
 	}
 	return members, nil
 }
@@ -356,16 +353,10 @@ func parseMetadata(members map[string]json.RawMessage) (Metadata, error) {
 // HashSecret returns the value stored in broker.Client.SecretHash for a
 // client secret: the hex SHA-256 of the secret (secrets are 256-bit random
 // values, so a slow hash adds nothing).
-func HashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
+func HashSecret(secret string) string { return broker.HashSecret(secret) }
 
 // VerifySecret reports, in constant time, whether secret is c's client
 // secret. It is false for a client without one.
 func VerifySecret(c broker.Client, secret string) bool {
-	if c.SecretHash == "" || secret == "" {
-		return false
-	}
-	return subtle.ConstantTimeCompare([]byte(HashSecret(secret)), []byte(c.SecretHash)) == 1
+	return secret != "" && broker.SecretMatches(c.SecretHash, secret)
 }
