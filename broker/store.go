@@ -42,7 +42,10 @@ type SingleUse[T any] interface {
 // Query selects a page of records, ordered by RecordID.
 type Query struct {
 	// Index and Value select records whose index entry Index equals Value.
-	// Empty Index lists every record of the kind.
+	// Empty Index and Value list every record of the kind. A Value without
+	// an Index, an Index without a Value, or an Index the kind does not
+	// declare (RecordIndexes names) is an error wrapping ErrInvalid, never
+	// a listing of everything or of nothing.
 	Index, Value string
 	// After is the cursor returned as Page.Next by the previous call.
 	After string
@@ -74,6 +77,7 @@ type Table[T Record] interface {
 	Create(ctx context.Context, rec T) error
 	Get(ctx context.Context, id string) (T, error)
 	// GetBy returns the record whose unique index entry name equals value.
+	// An index the kind does not declare is an error wrapping ErrInvalid.
 	GetBy(ctx context.Context, index, value string) (T, error)
 	// Update reads the record, calls fn with it and stores what fn returns,
 	// atomically: if another writer changed the record in between, the

@@ -121,6 +121,40 @@ func testTable[T broker.Record](t *testing.T, open Opener, k kind[T]) {
 		}
 	})
 
+	t.Run("BadQuery", func(t *testing.T) {
+		e := newEnv(t, open)
+		tab := k.table(e.store)
+		rec := k.fixture("rec-1", "1", e.clock.Now())
+		mustNoErr(t, "Create", tab.Create(ctx, rec))
+		// A caller who forgets Index, or misspells it, must get an error,
+		// not every record of the kind (other users' rows) or none.
+		for _, value := range []string{"x", rec.RecordID()} {
+			page, err := tab.List(ctx, broker.Query{Value: value})
+			wantErr(t, fmt.Sprintf("List with Value %q and no Index", value), err, broker.ErrInvalid)
+			if len(page.Items) != 0 {
+				t.Errorf("List with Value %q and no Index returned %q, want nothing", value, ids(page.Items))
+			}
+		}
+		page, err := tab.List(ctx, broker.Query{Index: "no-such-index", Value: "x"})
+		wantErr(t, "List by an unknown index", err, broker.ErrInvalid)
+		if len(page.Items) != 0 {
+			t.Errorf("List by an unknown index returned %q, want nothing", ids(page.Items))
+		}
+		_, err = tab.GetBy(ctx, "no-such-index", "x")
+		wantErr(t, "GetBy an unknown index", err, broker.ErrInvalid)
+		for _, ix := range rec.RecordIndexes() {
+			_, err := tab.List(ctx, broker.Query{Index: ix.Name})
+			wantErr(t, "List by "+ix.Name+" with an empty Value", err, broker.ErrInvalid)
+			if ix.Value == "" {
+				continue
+			}
+			page, err := tab.List(ctx, broker.Query{Index: ix.Name, Value: ix.Value})
+			if noErr(t, "List by "+ix.Name, err) {
+				equal(t, "List by "+ix.Name, ids(page.Items), []string{rec.RecordID()})
+			}
+		}
+	})
+
 	t.Run("ListDelete", func(t *testing.T) {
 		e := newEnv(t, open)
 		tab := k.table(e.store)

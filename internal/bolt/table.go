@@ -20,6 +20,10 @@ type table[T broker.Record] struct {
 	db     *DB
 	kind   string
 	bucket []byte
+	// indexes are the index names T declares (the names RecordIndexes of
+	// a zero T lists: names do not depend on values). Queries naming any
+	// other index are rejected rather than answered with nothing.
+	indexes map[string]bool
 }
 
 // sweeper is what Open and Sweep need from every table, whatever its T.
@@ -29,7 +33,21 @@ type sweeper interface {
 }
 
 func newTable[T broker.Record](db *DB, kind string) *table[T] {
-	return &table[T]{db: db, kind: kind, bucket: []byte(kind)}
+	var zero T
+	indexes := map[string]bool{}
+	for _, ix := range zero.RecordIndexes() {
+		indexes[ix.Name] = true
+	}
+	return &table[T]{db: db, kind: kind, bucket: []byte(kind), indexes: indexes}
+}
+
+// checkIndex returns an error wrapping broker.ErrInvalid unless index is
+// one T declares.
+func (t *table[T]) checkIndex(op, index string) error {
+	if !t.indexes[index] {
+		return fmt.Errorf("%s: %s: unknown index %q: %w", t.kind, op, index, broker.ErrInvalid)
+	}
+	return nil
 }
 
 var _ broker.Table[broker.User] = (*table[broker.User])(nil)
@@ -87,10 +105,14 @@ func (t *table[T]) get(tx *bbolt.Tx, id string, now time.Time) (T, error) {
 }
 
 // GetBy implements broker.Table. On a non-unique index it returns the live
-// record with the smallest ID.
+// record with the smallest ID; an index T does not declare is an error
+// wrapping broker.ErrInvalid.
 func (t *table[T]) GetBy(ctx context.Context, index, value string) (T, error) {
 	var rec T
 	err := t.db.view(ctx, t.kind+".get_by", func(tx *bbolt.Tx) error {
+		if err := t.checkIndex("get by", index); err != nil {
+			return err
+		}
 		now := t.db.now()
 		found := false
 		err := t.scanIndex(tx, index, value, "", func(id string) (bool, error) {
@@ -151,6 +173,9 @@ func (t *table[T]) Delete(ctx context.Context, id string) error {
 }
 
 // List implements broker.Table: live records in ID order, after q.After.
+// A Value without an Index, an Index T does not declare, or an Index
+// without a Value is an error wrapping broker.ErrInvalid: none of them may
+// fall back to listing everything, or nothing.
 func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], error) {
 	limit := q.Limit
 	switch {
@@ -161,7 +186,13 @@ func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], er
 	}
 	var page broker.Page[T]
 	err := t.db.view(ctx, t.kind+".list", func(tx *bbolt.Tx) error {
-		if q.Index != "" && q.Value == "" {
+		switch {
+		case q.Index == "" && q.Value != "":
+			return fmt.Errorf("%s: list: value %q without an index: %w", t.kind, q.Value, broker.ErrInvalid)
+		case q.Index == "":
+		case !t.indexes[q.Index]:
+			return t.checkIndex("list", q.Index)
+		case q.Value == "":
 			return fmt.Errorf("%s: list by %s: empty value: %w", t.kind, q.Index, broker.ErrInvalid)
 		}
 		now := t.db.now()
