@@ -18,7 +18,9 @@
 // any failure it prints `FAIL <reason>` and exits 1. Tokens are never printed
 // (only the decoded access-token header and claims).
 //
-// Usage: node client-flow.mjs cimd|dcr
+// Usage: node client-flow.mjs cimd|dcr [deny]
+//   With `deny` the browser clicks Deny instead, and the flow succeeds when
+//   the client receives error=access_denied with its state and iss.
 // Environment:
 //   MCP_URL             the MCP server's URL (http://127.0.0.1:PORT/mcp)
 //   LANYARD_ISSUER      Lanyard's issuer (expected `iss` in the authorization response)
@@ -218,7 +220,7 @@ async function screenshot(page, name) {
 }
 
 // Drives Lanyard's login and consent pages; returns the callback parameters.
-async function authorizeInBrowser({ authorizationUrl, callback, username, password, mode, expect }) {
+async function authorizeInBrowser({ authorizationUrl, callback, username, password, mode, expect, deny }) {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     headless: true,
@@ -253,8 +255,8 @@ async function authorizeInBrowser({ authorizationUrl, callback, username, passwo
         throw new Error(`consent page does not show ${JSON.stringify(want)}`);
       }
     }
-    step = 'approving and waiting for the redirect to the loopback callback';
-    await page.click('button#approve');
+    step = `${deny ? 'denying' : 'approving'} and waiting for the redirect to the loopback callback`;
+    await page.click(deny ? 'button#deny' : 'button#approve');
     const params = await withTimeout(callback.received, STEP_TIMEOUT_MS, 'redirect to the loopback callback');
     await page.waitForSelector('#done').catch(() => {});
     return { params, screenshots: screenshots.filter(Boolean) };
@@ -267,14 +269,17 @@ async function authorizeInBrowser({ authorizationUrl, callback, username, passwo
 
 async function main() {
   const mode = process.argv[2];
-  if (mode !== 'cimd' && mode !== 'dcr') throw new Error('usage: node client-flow.mjs cimd|dcr');
+  const deny = process.argv[3] === 'deny';
+  if ((mode !== 'cimd' && mode !== 'dcr') || (process.argv[3] && !deny)) {
+    throw new Error('usage: node client-flow.mjs cimd|dcr [deny]');
+  }
   const mcpUrl = new URL(need('MCP_URL'));
   const issuer = need('LANYARD_ISSUER').replace(/\/$/, '');
   const username = need('E2E_USERNAME');
   const password = need('E2E_PASSWORD');
 
   const callback = await startCallbackServer();
-  const clientName = `Lanyard E2E client (${mode})`;
+  const clientName = `Lanyard E2E client (${mode}${deny ? ', denied' : ''})`;
   const clientMetadata = {
     client_name: clientName,
     redirect_uris: [callback.url],
@@ -317,13 +322,22 @@ async function main() {
     callback,
     username,
     password,
-    mode,
+    mode: deny ? `${mode}-deny` : mode,
     expect: { consentShows: [clientName, 'E2E MCP server'] },
+    deny,
   });
-  if (params.error) throw new Error(`authorization response error=${params.error} error_description=${params.error_description ?? ''}`);
-  if (!params.code) throw new Error(`authorization response has no code: ${JSON.stringify(Object.keys(params))}`);
+  if (!deny && params.error) {
+    throw new Error(`authorization response error=${params.error} error_description=${params.error_description ?? ''}`);
+  }
   if (params.state !== provider.state()) throw new Error(`authorization response state=${params.state}, want ${provider.state()}`);
   if (params.iss !== issuer) throw new Error(`authorization response iss=${params.iss}, want ${issuer} (RFC 9207)`);
+  if (deny) {
+    if (params.error !== 'access_denied' || params.code) {
+      throw new Error(`after Deny: error=${params.error} code present=${!!params.code}, want error=access_denied and no code`);
+    }
+    return { ok: true, mode, denied: true, issuer, client_id: clientId, error: params.error, screenshots };
+  }
+  if (!params.code) throw new Error(`authorization response has no code: ${JSON.stringify(Object.keys(params))}`);
 
   // 3. Code → tokens (PKCE verifier, resource), then the tool call.
   await withTimeout(first.finishAuth(params.code), STEP_TIMEOUT_MS, 'finishAuth (token request)');
