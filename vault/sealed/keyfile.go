@@ -22,6 +22,9 @@ func loadOrCreateKey(path string) ([]byte, error) {
 	if path == "" {
 		return nil, fmt.Errorf("sealed key file: no path given: %w", broker.ErrInvalid)
 	}
+	if err := checkDir(filepath.Dir(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	key, err := readKey(path)
 	if !errors.Is(err, fs.ErrNotExist) {
 		return key, err
@@ -54,6 +57,10 @@ func readKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("sealed key file %s has mode %04o, which lets group or others access it; "+
 			"it must be readable by its owner only (chmod 600 %s): %w", path, perm, path, broker.ErrInvalid)
 	}
+	if uid, ok := ownerOf(fi); ok && uid != uint32(geteuid()) {
+		return nil, fmt.Errorf("sealed key file %s is owned by uid %d, not by uid %d that runs Lanyard; "+
+			"another user could have written the key (chown %d %s): %w", path, uid, geteuid(), geteuid(), path, broker.ErrInvalid)
+	}
 	key := make([]byte, keySize+1)
 	n, err := io.ReadFull(f, key)
 	switch {
@@ -75,6 +82,44 @@ func readKey(path string) ([]byte, error) {
 	return key[:keySize], nil
 }
 
+// geteuid is os.Geteuid; tests replace it.
+var geteuid = os.Geteuid
+
+// ownerOf returns the uid that owns fi's file, where the platform says.
+func ownerOf(fi fs.FileInfo) (uint32, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return st.Uid, true
+}
+
+// checkDir refuses a key directory that another user could write to (and so
+// replace or remove the key file in): one writable by group or others, or
+// owned by a user other than Lanyard's or root. Its error wraps
+// fs.ErrNotExist if dir does not exist.
+func checkDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return fmt.Errorf("sealed key directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("sealed key directory %s is not a directory: %w", dir, broker.ErrInvalid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("sealed key directory %s has mode %04o, which lets group or others replace the key file; "+
+			"it must be writable by its owner only (chmod go-w %s): %w", dir, perm, dir, broker.ErrInvalid)
+	}
+	if uid, ok := ownerOf(fi); ok && uid != 0 && uid != uint32(geteuid()) {
+		return fmt.Errorf("sealed key directory %s is owned by uid %d, neither root nor uid %d that runs Lanyard "+
+			"(chown %d %s): %w", dir, uid, geteuid(), geteuid(), dir, broker.ErrInvalid)
+	}
+	return nil
+}
+
 // createKey writes a new random key to path atomically: to a temporary file
 // created exclusively with mode 0600 in the same directory, synced, then
 // linked into place. Linking (unlike renaming) never replaces a key another
@@ -83,6 +128,9 @@ func createKey(path string) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("sealed key file %s: %w", path, err)
+	}
+	if err := checkDir(dir); err != nil {
+		return err
 	}
 	suffix := make([]byte, 8)
 	if _, err := rand.Read(suffix); err != nil {

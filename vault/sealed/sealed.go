@@ -4,13 +4,19 @@
 //
 // The 32-byte key lives in its own key file, never in the database: Open
 // creates it (mode 0600, from crypto/rand) on first run and refuses one that
-// group or others may access or that has the wrong length. Losing the key
+// group or others may access, that another user owns, that lies in a
+// directory others may write to, or that has the wrong length. Losing the key
 // file loses every secret; copying the database without it reveals none.
 //
-// A blob is version (8 bytes, big endian) || nonce (12 random bytes) ||
-// ciphertext. The additional authenticated data binds the blob to its key
-// and its version, so a blob copied under another key, or whose version field
-// was rewritten, fails authentication and is reported as broker.ErrTampered;
+// A blob is version (8 bytes, big endian) || key id (4 bytes) || nonce (12
+// random bytes) || ciphertext. The key id is the first 4 bytes of SHA-256 over
+// a label and the key: it names the key that sealed the blob (so that a key
+// can one day be rotated) and lets a blob sealed with another key file be
+// reported as such, without revealing anything about the key. The additional
+// authenticated data binds the blob to the format, its storage key, its
+// version and its key id, so a blob copied under another storage key, or
+// whose header was rewritten, fails authentication and is reported as
+// broker.ErrTampered;
 // a value that fails authentication is never returned. (Replacing a blob by
 // an older blob of the same key cannot be detected without state outside the
 // database.) The plaintext is the JSON object of the secret's fields.
@@ -20,10 +26,12 @@
 package sealed
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -65,16 +73,30 @@ type Options struct {
 const (
 	component  = "sealed"
 	keySize    = 32 // AES-256
+	keyIDSize  = 4
 	nonceSize  = 12
-	headerSize = 8 + nonceSize
-	aadLabel   = "lanyard/sealed/v1\x00"
+	headerSize = 8 + keyIDSize + nonceSize
+	aadLabel   = "lanyard/sealed/v2\x00"
+	// keyIDLabel separates the key id hash from any other use of the key.
+	keyIDLabel = "lanyard/sealed/key-id\x00"
 )
+
+// keyIDOf returns the key id of key as stored in a blob header.
+func keyIDOf(key []byte) [keyIDSize]byte {
+	h := sha256.New()
+	h.Write([]byte(keyIDLabel))
+	h.Write(key)
+	var id [keyIDSize]byte
+	copy(id[:], h.Sum(nil))
+	return id
+}
 
 // Store is a broker.SecretStore that seals secrets with AES-256-GCM before
 // handing them to a Blobs. It is safe for concurrent use.
 type Store struct {
 	blobs Blobs
 	aead  cipher.AEAD
+	keyID [keyIDSize]byte
 	obs   broker.Observer
 }
 
@@ -99,18 +121,20 @@ func Open(blobs Blobs, keyFile string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sealed open: %w", err)
 	}
-	return &Store{blobs: blobs, aead: aead, obs: opts.Observer}, nil
+	return &Store{blobs: blobs, aead: aead, keyID: keyIDOf(key), obs: opts.Observer}, nil
 }
 
 func blobKey(k broker.SecretKey) string { return k.Owner + "/" + k.Name }
 
-// aad is the additional authenticated data of the blob for key at version.
-func aad(key string, version uint64) []byte {
-	b := make([]byte, 0, len(aadLabel)+len(key)+1+8)
+// aad is the additional authenticated data of the blob for key at version,
+// sealed with the key whose id is keyID.
+func aad(key string, version uint64, keyID []byte) []byte {
+	b := make([]byte, 0, len(aadLabel)+len(key)+1+8+keyIDSize)
 	b = append(b, aadLabel...)
 	b = append(b, key...)
 	b = append(b, 0)
-	return binary.BigEndian.AppendUint64(b, version)
+	b = binary.BigEndian.AppendUint64(b, version)
+	return append(b, keyID...)
 }
 
 // seal encrypts fields as the blob for key at version.
@@ -122,10 +146,12 @@ func (s *Store) seal(key string, version uint64, fields map[string]string) ([]by
 	defer clear(plain)
 	out := make([]byte, headerSize, headerSize+len(plain)+s.aead.Overhead())
 	binary.BigEndian.PutUint64(out, version)
-	if _, err := rand.Read(out[8:headerSize]); err != nil {
+	copy(out[8:8+keyIDSize], s.keyID[:])
+	nonce := out[8+keyIDSize : headerSize]
+	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("nonce: %w", err)
 	}
-	return s.aead.Seal(out, out[8:headerSize], plain, aad(key, version)), nil
+	return s.aead.Seal(out, nonce, plain, aad(key, version, s.keyID[:])), nil
 }
 
 // unseal authenticates and decrypts the blob stored under key. Any failure
@@ -135,7 +161,12 @@ func (s *Store) unseal(key string, blob []byte) (map[string]string, uint64, erro
 		return nil, 0, fmt.Errorf("blob of %d bytes is too short: %w", len(blob), broker.ErrTampered)
 	}
 	version := binary.BigEndian.Uint64(blob)
-	plain, err := s.aead.Open(nil, blob[8:headerSize], blob[headerSize:], aad(key, version))
+	keyID := blob[8 : 8+keyIDSize]
+	if !bytes.Equal(keyID, s.keyID[:]) {
+		return nil, 0, fmt.Errorf("sealed with another key (key id %x, the key file's is %x), "+
+			"or the blob header was altered: %w", keyID, s.keyID[:], broker.ErrTampered)
+	}
+	plain, err := s.aead.Open(nil, blob[8+keyIDSize:headerSize], blob[headerSize:], aad(key, version, keyID))
 	if err != nil {
 		return nil, 0, fmt.Errorf("decryption failed (wrong key file, or the blob was altered or moved): %w", broker.ErrTampered)
 	}

@@ -61,7 +61,8 @@ func TestTampered(t *testing.T) {
 	}
 
 	// Every byte matters: the version, the nonce, the ciphertext, the tag.
-	for _, i := range []int{0, 7, 8, 19, 20, len(blob) / 2, len(blob) - 1} {
+	// Header: version 0-7, key id 8-11, nonce 12-23.
+	for _, i := range []int{0, 7, 8, 11, 12, 23, 24, len(blob) / 2, len(blob) - 1} {
 		setBlob(t, db, "alice/github", flip(blob, i))
 		_, _, err := s.Get(ctx, k)
 		if !errors.Is(err, broker.ErrTampered) {
@@ -90,6 +91,63 @@ func TestTampered(t *testing.T) {
 	setBlob(t, db, "alice/github", flip(blob, 30))
 	if err := s.Delete(ctx, k); err != nil {
 		t.Errorf("Delete of a tampered secret: %v", err)
+	}
+}
+
+// TestFreshNonce: sealing the same value again, under the same key and even
+// at the same version, uses a new nonce and so gives another ciphertext (a
+// repeated nonce under one GCM key is fatal to its secrecy).
+func TestFreshNonce(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	db := openDB(t, dir)
+	s := open(t, db, filepath.Join(dir, "sealed.key"))
+	same := map[string]string{"token": "same-value"}
+	const header, nonceAt = 24, 12
+	seen := map[string]string{} // nonce -> where
+	var blobs [][]byte
+	for i := range 4 {
+		if _, err := s.Put(ctx, k, broker.NewSecret(same), broker.CASAny); err != nil {
+			t.Fatal(err)
+		}
+		blob, err := db.GetBlob(ctx, "alice/github")
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs = append(blobs, blob)
+		// The same value at the same version, under another secret's key
+		// and back: Delete then create gives version 1 again.
+		k2 := broker.SecretKey{Owner: "bob", Name: "same"}
+		if _, err := s.Put(ctx, k2, broker.NewSecret(same), broker.CASCreate); err != nil {
+			t.Fatal(err)
+		}
+		blob2, err := db.GetBlob(ctx, "bob/same")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, k2); err != nil {
+			t.Fatal(err)
+		}
+		blobs = append(blobs, blob2)
+		for j, b := range [][]byte{blob, blob2} {
+			nonce := string(b[nonceAt:header])
+			where := fmt.Sprintf("put %d.%d", i, j)
+			if prev, ok := seen[nonce]; ok {
+				t.Errorf("%s reused the nonce of %s", where, prev)
+			}
+			seen[nonce] = where
+		}
+	}
+	for i := range blobs {
+		for j := range i {
+			if bytes.Equal(blobs[i][header:], blobs[j][header:]) {
+				t.Errorf("blobs %d and %d have the same ciphertext", i, j)
+			}
+		}
+	}
+	// Same version, same value, same key: blobs of bob/same are all version 1.
+	if !bytes.Equal(blobs[1][:8], blobs[3][:8]) {
+		t.Errorf("bob/same was not recreated at the same version")
 	}
 }
 
@@ -194,6 +252,75 @@ func TestKeyFile(t *testing.T) {
 		}
 	})
 
+	t.Run("OtherOwnerRefused", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("only root can give a file to another user")
+		}
+		dir := t.TempDir()
+		path := filepath.Join(dir, "sealed.key")
+		if err := os.WriteFile(path, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		_, err := sealed.Open(openDB(t, dir), path, sealed.Options{})
+		if err == nil || !strings.Contains(err.Error(), "owned by uid 65534") ||
+			!strings.Contains(err.Error(), "chown 0 "+path) || !errors.Is(err, broker.ErrInvalid) {
+			t.Errorf("key file of uid 65534: Open = %v, want a refusal that says chown", err)
+		}
+	})
+
+	t.Run("WritableDirRefused", func(t *testing.T) {
+		for _, mode := range []os.FileMode{0o770, 0o707, 0o777, 0o777 | os.ModeSticky} {
+			dir := filepath.Join(t.TempDir(), "keys")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, "sealed.key")
+			if err := os.WriteFile(path, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, mode); err != nil {
+				t.Fatal(err)
+			}
+			_, err := sealed.Open(openDB(t, t.TempDir()), path, sealed.Options{})
+			if err == nil || !strings.Contains(err.Error(), "chmod go-w "+dir) || !errors.Is(err, broker.ErrInvalid) {
+				t.Errorf("key directory mode %04o: Open = %v, want a refusal that says chmod go-w", mode, err)
+			}
+			// Nor is a new key created in such a directory.
+			_ = os.Remove(path)
+			_, err = sealed.Open(openDB(t, t.TempDir()), path, sealed.Options{})
+			if err == nil || !errors.Is(err, broker.ErrInvalid) {
+				t.Errorf("key directory mode %04o, no key yet: Open = %v, want a refusal", mode, err)
+			}
+			if _, err := os.Stat(path); err == nil {
+				t.Errorf("key directory mode %04o: a key file was created in it", mode)
+			}
+		}
+	})
+
+	t.Run("OtherOwnerDirRefused", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("only root can give a directory to another user")
+		}
+		dir := filepath.Join(t.TempDir(), "keys")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "sealed.key")
+		if err := os.WriteFile(path, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		_, err := sealed.Open(openDB(t, t.TempDir()), path, sealed.Options{})
+		if err == nil || !strings.Contains(err.Error(), "chown 0 "+dir) || !errors.Is(err, broker.ErrInvalid) {
+			t.Errorf("key directory of uid 65534: Open = %v, want a refusal that says chown", err)
+		}
+	})
+
 	t.Run("SymlinkRefused", func(t *testing.T) {
 		dir := t.TempDir()
 		target := filepath.Join(dir, "real.key")
@@ -259,8 +386,8 @@ func TestReopen(t *testing.T) {
 	t.Run("OtherKey", func(t *testing.T) {
 		s := open(t, openDB(t, dir), filepath.Join(t.TempDir(), "other.key"))
 		_, _, err := s.Get(ctx, k)
-		if !errors.Is(err, broker.ErrTampered) {
-			t.Errorf("Get with another key file: %v, want ErrTampered", err)
+		if !errors.Is(err, broker.ErrTampered) || !strings.Contains(err.Error(), "sealed with another key") {
+			t.Errorf("Get with another key file: %v, want ErrTampered saying \"sealed with another key\"", err)
 		}
 		if err != nil && strings.Contains(err.Error(), canary) {
 			t.Errorf("error reveals the value")
