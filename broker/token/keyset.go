@@ -118,6 +118,17 @@ type keySet struct {
 	byKid   map[string]*signingKey
 }
 
+// emptySet stands in for the set of a Keyring not made by Open.
+var emptySet = &keySet{}
+
+// set returns the current snapshot; never nil.
+func (k *Keyring) set() *keySet {
+	if st := k.cur.Load(); st != nil {
+		return st
+	}
+	return emptySet
+}
+
 // signerAt returns the newest key whose not_before is not after now, or nil.
 func (st *keySet) signerAt(now time.Time) *signingKey {
 	for i := len(st.keys) - 1; i >= 0; i-- {
@@ -409,7 +420,7 @@ func (k *Keyring) Reload(ctx context.Context) (err error) {
 // Keys describes every key in the set as of Now, oldest first, expired keys
 // not yet deleted included.
 func (k *Keyring) Keys() []KeyInfo {
-	st := k.cur.Load()
+	st := k.set()
 	now := k.opts.Now()
 	out := make([]KeyInfo, 0, len(st.keys))
 	for _, key := range st.keys {
@@ -430,7 +441,7 @@ func (k *Keyring) Keys() []KeyInfo {
 // at the JWKS endpoint: every pending, active and retiring key, each with
 // kid, alg and use "sig". It never contains private key parts.
 func (k *Keyring) PublicJWKS() ([]byte, error) {
-	st := k.cur.Load()
+	st := k.set()
 	now := k.opts.Now()
 	set := jwk.NewSet()
 	for _, key := range st.keys {

@@ -166,7 +166,7 @@ func (o Options) validate() error {
 }
 
 // Keyring signs and verifies access tokens with the key set from the secret
-// store. It is safe for concurrent use. Sign, Verify and PublicJWKS use the
+// store. Make one with Open. It is safe for concurrent use. Sign, Verify and PublicJWKS use the
 // copy in memory and never call the store; Rotate and Reload refresh it.
 type Keyring struct {
 	opts Options
@@ -240,7 +240,7 @@ func (k *Keyring) Sign(_ context.Context, c Claims) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	key := k.cur.Load().signerAt(now)
+	key := k.set().signerAt(now)
 	if key == nil {
 		return "", fmt.Errorf("token sign: no key may sign at %s: %w", now.UTC().Format(time.RFC3339), broker.ErrUnavailable)
 	}
@@ -359,7 +359,9 @@ func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalidToken,
 // typ at+jwt, signed by a known, unexpired key with that key's algorithm;
 // iss must be Options.Issuer; exp and iat are checked against Now with
 // ClockSkew; sub, aud (exactly one), client_id, grant_id, jti, iat and exp
-// must be present. Every error wraps ErrInvalidToken. Verify does not check
+// must be present. Pending keys are trusted as well as active and retiring
+// ones: they are already published, and another replica's clock may run a
+// little ahead. Every error wraps ErrInvalidToken. Verify does not check
 // the audience: the caller compares Claims.Audience with its own URI.
 func (k *Keyring) Verify(_ context.Context, raw string) (Claims, error) {
 	if len(raw) > MaxTokenSize {
@@ -368,7 +370,7 @@ func (k *Keyring) Verify(_ context.Context, raw string) (Claims, error) {
 	if strings.Count(raw, ".") != 2 {
 		return Claims{}, invalid("not a compact JWS")
 	}
-	st := k.cur.Load()
+	st := k.set()
 	now := k.opts.Now()
 	provider := jws.KeyProviderFunc(func(_ context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
 		h := sig.ProtectedHeaders()
