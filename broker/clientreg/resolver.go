@@ -290,7 +290,7 @@ func (r *Resolver) fetch(ctx context.Context, clientID string) (broker.Client, e
 	}
 	members, err := decodeObject(resp.Body)
 	if err != nil {
-		return fail("is not a JSON object", err)
+		return fail("is invalid: "+oauth.As(err).Description, err)
 	}
 	var id string
 	if raw, ok := members["client_id"]; !ok || jsonString(raw, &id) != nil || id != clientID {
