@@ -115,6 +115,22 @@ func testSweep(t *testing.T, open Opener) {
 		e.store.Clients().Create(ctx, cl),
 		e.store.Users().Create(ctx, users.fixture("u-1", "1", now)),
 	))
+	// A record whose expiry an Update moved later is not swept at the old
+	// one; a deleted record is not counted.
+	moved := authCodes.fixture("ac-moved", "moved", now)
+	moved.ExpiresAt = exp
+	gone := sessions.fixture("s-gone", "gone", now)
+	gone.ExpiresAt = exp
+	mustNoErr(t, "Create", errors.Join(
+		e.store.AuthCodes().Create(ctx, moved),
+		e.store.Sessions().Create(ctx, gone),
+		e.store.Sessions().Delete(ctx, "s-gone"),
+	))
+	_, err := e.store.AuthCodes().Update(ctx, "ac-moved", func(c broker.AuthCode) (broker.AuthCode, error) {
+		c.ExpiresAt = c.ExpiresAt.Add(time.Hour)
+		return c, nil
+	})
+	mustNoErr(t, "Update expiry", err)
 	if n, err := e.store.Sweep(ctx); noErr(t, "Sweep before expiry", err) && n != 0 {
 		t.Errorf("Sweep before expiry removed %d, want 0", n)
 	}
@@ -130,6 +146,13 @@ func testSweep(t *testing.T, open Opener) {
 	}
 	if _, err := e.store.Users().Get(ctx, "u-1"); err != nil {
 		t.Errorf("Sweep removed a user: Get error = %v", err)
+	}
+	if _, err := e.store.AuthCodes().Get(ctx, "ac-moved"); err != nil {
+		t.Errorf("Sweep removed a code whose expiry was moved later: Get error = %v", err)
+	}
+	e.clock.Advance(time.Hour)
+	if n, err := e.store.Sweep(ctx); noErr(t, "Sweep after the moved expiry", err) && n != 2 {
+		t.Errorf("Sweep after the moved expiry removed %d, want 2 (ac-2, ac-moved)", n)
 	}
 	// Going back in time must not resurrect swept records.
 	e.clock.Advance(-time.Hour)

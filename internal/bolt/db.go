@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -67,7 +68,13 @@ type DB struct {
 	sessions    *table[broker.Session]
 	authReqs    *singleUse[broker.AuthRequest]
 	sweepers    []sweeper
+	sweepBatch  int // expiry index entries one Sweep transaction visits at most
 }
+
+// defaultSweepBatch bounds the work of one Sweep transaction, so that a
+// large backlog of expired records is removed in several short write
+// transactions rather than one that holds the writer lock for long.
+const defaultSweepBatch = 1000
 
 var _ broker.Store = (*DB)(nil)
 
@@ -88,7 +95,7 @@ func Open(path string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	db := &DB{bolt: bdb, path: path, now: opts.Now, obs: opts.Observer}
+	db := &DB{bolt: bdb, path: path, now: opts.Now, obs: opts.Observer, sweepBatch: defaultSweepBatch}
 	db.users = newTable[broker.User](db, "users")
 	db.clients = newTable[broker.Client](db, "clients")
 	db.resources = newTable[broker.Resource](db, "resources")
@@ -148,26 +155,50 @@ func (db *DB) RefreshTokens() broker.SingleUseTable[broker.RefreshToken] { retur
 // DeviceCodes implements broker.Store.
 func (db *DB) DeviceCodes() broker.SingleUseTable[broker.DeviceCode] { return db.devices }
 
-// Sweep deletes every expired record, with its index entries, in one
-// transaction and returns how many it removed.
-func (db *DB) Sweep(ctx context.Context) (int, error) {
-	n := 0
-	err := db.update(ctx, "sweep", func(tx *bbolt.Tx) error {
-		n = 0
-		now := db.now()
-		for _, s := range db.sweepers {
-			k, err := s.sweep(tx, now)
-			if err != nil {
-				return err
-			}
-			n += k
-		}
+// Sweep deletes every record that has expired by the time it starts, with
+// its index entries, and returns how many it removed. It walks the expiry
+// indexes only, so records that never expire (users, ...) cost nothing, and
+// it works in write transactions of at most defaultSweepBatch records each,
+// so other writers wait for one batch, not for the whole backlog; when
+// nothing has expired it takes no write transaction at all. On an
+// error (a cancelled ctx is checked between batches) it returns how many it
+// had removed in the batches committed before.
+func (db *DB) Sweep(ctx context.Context) (n int, err error) {
+	start := time.Now()
+	defer func() { db.obs.Observe(component, "sweep", start, err) }()
+	now := db.now()
+	due := false
+	err = db.exec(ctx, "sweep", false, func(tx *bbolt.Tx) error {
+		due = slices.ContainsFunc(db.sweepers, func(s sweeper) bool { return s.due(tx, now) })
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("sweep: %w", err)
 	}
-	return n, nil
+	if !due { // nothing expired: leave the writer lock alone
+		return 0, nil
+	}
+	for {
+		removed, visited := 0, 0
+		err = db.exec(ctx, "sweep", true, func(tx *bbolt.Tx) error {
+			removed, visited = 0, 0
+			for _, s := range db.sweepers {
+				r, v, err := s.sweep(tx, now, db.sweepBatch-visited)
+				if err != nil {
+					return err
+				}
+				removed, visited = removed+r, visited+v
+			}
+			return nil
+		})
+		if err != nil {
+			return n, fmt.Errorf("sweep: %w", err)
+		}
+		n += removed
+		if visited < db.sweepBatch {
+			return n, nil
+		}
+	}
 }
 
 // Ping reports whether the store can serve requests.
@@ -197,13 +228,20 @@ func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) e
 	return db.run(ctx, op, true, fn)
 }
 
-// run checks ctx and the closed flag, runs fn in a transaction and tells the
-// observer (op is "<kind>.<method>" or the blob method's name). Errors from
-// fn are returned as they are, so that callers' own errors stay unchanged;
-// bbolt's own failures to begin or commit wrap broker.ErrUnavailable.
+// run is exec, telling the observer how it went (op is "<kind>.<method>"
+// or the blob method's name).
 func (db *DB) run(ctx context.Context, op string, write bool, fn func(*bbolt.Tx) error) (err error) {
 	start := time.Now()
 	defer func() { db.obs.Observe(component, op, start, err) }()
+	return db.exec(ctx, op, write, fn)
+}
+
+// exec checks ctx and the closed flag and runs fn in a transaction. Errors
+// from fn are returned as they are, so that callers' own errors stay
+// unchanged; bbolt's own failures to begin or commit wrap
+// broker.ErrUnavailable. ctx is checked once, before the transaction: see
+// Options about waiting for the writer lock.
+func (db *DB) exec(ctx context.Context, op string, write bool, fn func(*bbolt.Tx) error) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("bolt %s: %w", op, err)
 	}

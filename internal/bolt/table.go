@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -12,8 +13,11 @@ import (
 	bbolt "go.etcd.io/bbolt"
 )
 
-// table stores one kind of record: bucket kind holds id → JSON, and bucket
-// "idx/<kind>/<index>" holds "value\x00id" → nothing for every index entry.
+// table stores one kind of record: bucket kind holds id → JSON, bucket
+// "idx/<kind>/<index>" holds "value\x00id" → nothing for every index entry,
+// and bucket "exp/<kind>" holds expKey(expiry, id) → nothing for every
+// record that expires, so that Sweep finds the expired records without
+// decoding the live ones (or looking at kinds that never expire).
 // Record IDs cannot hold control characters (broker validates them), so the
 // last NUL in an index key always separates value from id.
 type table[T broker.Record] struct {
@@ -29,7 +33,8 @@ type table[T broker.Record] struct {
 // sweeper is what Open and Sweep need from every table, whatever its T.
 type sweeper interface {
 	init(tx *bbolt.Tx) error
-	sweep(tx *bbolt.Tx, now time.Time) (int, error)
+	due(tx *bbolt.Tx, now time.Time) bool
+	sweep(tx *bbolt.Tx, now time.Time, max int) (removed, visited int, err error)
 }
 
 func newTable[T broker.Record](db *DB, kind string) *table[T] {
@@ -52,9 +57,27 @@ func (t *table[T]) checkIndex(op, index string) error {
 
 var _ broker.Table[broker.User] = (*table[broker.User])(nil)
 
+// init creates the table's buckets. A data file written before the expiry
+// index existed gets it built here, once.
 func (t *table[T]) init(tx *bbolt.Tx) error {
-	_, err := tx.CreateBucketIfNotExists(t.bucket)
-	return err
+	b, err := tx.CreateBucketIfNotExists(t.bucket)
+	if err != nil || tx.Bucket(t.expBucket()) != nil {
+		return err
+	}
+	eb, err := tx.CreateBucket(t.expBucket())
+	if err != nil {
+		return err
+	}
+	return b.ForEach(func(k, v []byte) error {
+		var rec T
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("%s %q: decode: %w", t.kind, k, err)
+		}
+		if exp := rec.RecordExpiry(); !exp.IsZero() {
+			return eb.Put(expKey(exp, rec.RecordID()), nil)
+		}
+		return nil
+	})
 }
 
 // Create implements broker.Table. An expired record with the same ID is
@@ -323,6 +346,11 @@ func (t *table[T]) store(tx *bbolt.Tx, prev *T, rec T, now time.Time) error {
 			return fmt.Errorf("%s %q: index %s: %w", t.kind, id, ix.Name, err)
 		}
 	}
+	if exp := rec.RecordExpiry(); !exp.IsZero() {
+		if err := tx.Bucket(t.expBucket()).Put(expKey(exp, id), nil); err != nil {
+			return fmt.Errorf("%s %q: expiry index: %w", t.kind, id, err)
+		}
+	}
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("%s %q: encode: %w", t.kind, id, err)
@@ -344,7 +372,13 @@ func (t *table[T]) remove(tx *bbolt.Tx, rec T) error {
 	return nil
 }
 
+// unindex deletes rec's index entries, its expiry entry among them.
 func (t *table[T]) unindex(tx *bbolt.Tx, rec T) error {
+	if exp := rec.RecordExpiry(); !exp.IsZero() {
+		if err := tx.Bucket(t.expBucket()).Delete(expKey(exp, rec.RecordID())); err != nil {
+			return fmt.Errorf("%s %q: expiry index: %w", t.kind, rec.RecordID(), err)
+		}
+	}
 	for _, ix := range rec.RecordIndexes() {
 		b := tx.Bucket(t.indexBucket(ix.Name))
 		if ix.Value == "" || b == nil {
@@ -357,30 +391,73 @@ func (t *table[T]) unindex(tx *bbolt.Tx, rec T) error {
 	return nil
 }
 
-// sweep deletes the expired records of this kind.
-func (t *table[T]) sweep(tx *bbolt.Tx, now time.Time) (int, error) {
-	var dead []T
-	err := t.scanIDs(tx, "", func(id string) (bool, error) {
-		rec, _, err := t.load(tx, id)
-		if err == nil && !live(rec, now) {
-			dead = append(dead, rec)
+// due reports whether the expiry index holds an entry for now or earlier.
+func (t *table[T]) due(tx *bbolt.Tx, now time.Time) bool {
+	k, _ := tx.Bucket(t.expBucket()).Cursor().First()
+	end := expPrefix(now)
+	return k != nil && bytes.Compare(k[:min(len(k), len(end))], end) <= 0
+}
+
+// sweep deletes expired records of this kind, earliest expiry first,
+// walking the expiry index only as far as now: it decodes no live record.
+// It visits at most max index entries and returns how many records it
+// removed and how many entries it visited (an entry left behind by a record
+// that is gone is deleted and visited, not counted as removed); visited <
+// max means nothing expired is left.
+func (t *table[T]) sweep(tx *bbolt.Tx, now time.Time, max int) (removed, visited int, err error) {
+	if max <= 0 {
+		return 0, 0, nil
+	}
+	eb := tx.Bucket(t.expBucket())
+	end := expPrefix(now)
+	var keys [][]byte
+	c := eb.Cursor()
+	for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
+		if len(k) < len(end) || bytes.Compare(k[:len(end)], end) > 0 {
+			break // expires after now: so does everything after it
 		}
-		return err == nil, err
-	})
-	for _, rec := range dead {
+		keys = append(keys, bytes.Clone(k)) // deleting under a cursor skips keys
+	}
+	for _, k := range keys {
+		rec, found, err := t.load(tx, string(k[len(end):]))
 		if err != nil {
-			break
+			return removed, 0, err
 		}
-		err = t.remove(tx, rec)
+		if found && !live(rec, now) {
+			if err := t.remove(tx, rec); err != nil {
+				return removed, 0, err
+			}
+			removed++
+		}
+		if err := eb.Delete(k); err != nil { // gone already unless stale
+			return removed, 0, fmt.Errorf("%s: expiry index: %w", t.kind, err)
+		}
 	}
-	if err != nil {
-		return 0, err
-	}
-	return len(dead), nil
+	return removed, len(keys), nil
 }
 
 func (t *table[T]) indexBucket(index string) []byte {
 	return []byte("idx/" + t.kind + "/" + index)
+}
+
+func (t *table[T]) expBucket() []byte {
+	return []byte("exp/" + t.kind)
+}
+
+// expKey is the expiry index key of a record: expPrefix(exp) then id.
+func expKey(exp time.Time, id string) []byte {
+	return append(expPrefix(exp), id...)
+}
+
+// expPrefix encodes exp so that byte order is time order, for every
+// time.Time (unix nanoseconds would overflow outside 1678-2262): the unix
+// seconds, big-endian with the sign bit flipped, the nanoseconds, big-endian,
+// then a NUL.
+func expPrefix(exp time.Time) []byte {
+	k := make([]byte, 13, 64)
+	binary.BigEndian.PutUint64(k, uint64(exp.Unix())^(1<<63))
+	binary.BigEndian.PutUint32(k[8:], uint32(exp.Nanosecond()))
+	return k
 }
 
 func indexKey(value, id string) []byte {
