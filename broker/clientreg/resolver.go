@@ -152,15 +152,17 @@ func (r *Resolver) Resolve(ctx context.Context, clientID string) (broker.Client,
 		}
 		return c, nil
 	}
-	if err := r.checkClientIDURL(clientID); err != nil {
-		return broker.Client{}, err
-	}
 	c, err := r.o.Clients.Get(ctx, clientID)
 	switch {
 	case err == nil:
 		return c, nil
+	case errors.Is(err, broker.ErrInvalid):
+		return broker.Client{}, oauth.ErrInvalidClient.WithDescription("client_id URL is malformed").WithCause(err)
 	case !errors.Is(err, broker.ErrNotFound):
 		return broker.Client{}, storeErr(err, "")
+	}
+	if err := r.checkClientIDURL(clientID); err != nil {
+		return broker.Client{}, err
 	}
 	return r.fetchOnce(ctx, clientID)
 }
