@@ -34,7 +34,8 @@ func TestCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v", err)
 	}
-	checkDurable(t, db) // the writer is the process whose settings count
+	// The writer is the process whose settings count.
+	checkDurable(t, db)
 	deadline := time.Now().Add(time.Minute) // never outlive a lost parent
 	for i := 0; time.Now().Before(deadline); i++ {
 		id := fmt.Sprintf("u-%07d", i)
