@@ -974,3 +974,68 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+// interferingStore runs interfere once, just before the first Put it sees,
+// so that Put loses its check-and-set deterministically.
+type interferingStore struct {
+	broker.SecretStore
+	once      sync.Once
+	interfere func()
+	conflicts int
+	mu        sync.Mutex
+}
+
+func (s *interferingStore) Put(ctx context.Context, key broker.SecretKey, sec broker.Secret, cas int) (int, error) {
+	s.once.Do(s.interfere)
+	v, err := s.SecretStore.Put(ctx, key, sec, cas)
+	if errors.Is(err, broker.ErrConflict) {
+		s.mu.Lock()
+		s.conflicts++
+		s.mu.Unlock()
+	}
+	return v, err
+}
+
+func TestRotateRetriesOnConflict(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, store func(testing.TB) broker.SecretStore) {
+		clock := newClock()
+		s := store(t)
+		other := open(t, opts(s, clock))
+		var otherKid string
+		is := &interferingStore{SecretStore: s, interfere: func() {
+			var err error
+			if otherKid, err = other.Rotate(t.Context()); err != nil {
+				t.Errorf("interfering Rotate: %v", err)
+			}
+		}}
+		k := open(t, opts(is, clock)) // the set exists: Open does not Put
+		kid, err := k.Rotate(t.Context())
+		if err != nil {
+			t.Fatalf("Rotate: %v", err)
+		}
+		if is.conflicts != 1 {
+			t.Errorf("Put conflicts = %d, want 1", is.conflicts)
+		}
+		want := sorted(other.Keys()[0].KID, otherKid, kid)
+		if got := storedKids(t, s); !slices.Equal(got, want) {
+			t.Errorf("stored kids = %v, want %v (no key lost)", got, want)
+		}
+		if got := jwksKids(t, k); !slices.Equal(got, want) {
+			t.Errorf("JWKS after Rotate = %v, want %v", got, want)
+		}
+	})
+}
+
+func TestOpenLosesCreateRace(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, store func(testing.TB) broker.SecretStore) {
+		clock := newClock()
+		s := store(t)
+		var other *token.Keyring
+		is := &interferingStore{SecretStore: s, interfere: func() { other = open(t, opts(s, clock)) }}
+		k := open(t, opts(is, clock))
+		if got, want := k.Keys()[0].KID, other.Keys()[0].KID; len(k.Keys()) != 1 || got != want {
+			t.Errorf("Open after losing the race uses %v, want the winner's key %s", k.Keys(), want)
+		}
+		mustVerify(t, k, sign(t, other, claims()))
+	})
+}
