@@ -108,16 +108,18 @@ func (c Client) Validate() error {
 // Resource is a registered MCP server: the audience of access tokens and the
 // caller of redemption.
 type Resource struct {
-	ID                      string    `json:"id"`
-	URI                     string    `json:"uri"`
-	Name                    string    `json:"name,omitempty"`
-	Scopes                  []string  `json:"scopes,omitempty"`
-	DefaultScopes           []string  `json:"default_scopes,omitempty"`
-	TokenEndpointAuthMethod string    `json:"token_endpoint_auth_method,omitempty"`
-	SecretHash              string    `json:"secret_hash,omitempty"`
-	JWKSURL                 string    `json:"jwks_url,omitempty"`
-	Connectors              []string  `json:"connectors,omitempty"`
-	CreatedAt               time.Time `json:"created_at"`
+	ID                      string   `json:"id"`
+	URI                     string   `json:"uri"`
+	Name                    string   `json:"name,omitempty"`
+	Scopes                  []string `json:"scopes,omitempty"`
+	DefaultScopes           []string `json:"default_scopes,omitempty"`
+	TokenEndpointAuthMethod string   `json:"token_endpoint_auth_method,omitempty"`
+	SecretHash              string   `json:"secret_hash,omitempty"`
+	JWKSURL                 string   `json:"jwks_url,omitempty"`
+	Connectors              []string `json:"connectors,omitempty"`
+	// FromConfig: defined in the config file, removed when it leaves it.
+	FromConfig bool      `json:"from_config,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 func (r Resource) RecordID() string        { return r.ID }
@@ -274,7 +276,9 @@ type DeviceCode struct {
 	IssuedAt   time.Time        `json:"issued_at"`
 	ExpiresAt  time.Time        `json:"expires_at"`
 	LastPolled time.Time        `json:"last_polled,omitzero"`
-	Consumed   time.Time        `json:"consumed_at,omitzero"`
+	// Interval is the minimum polling interval in seconds; slow_down adds 5.
+	Interval int       `json:"interval,omitempty"`
+	Consumed time.Time `json:"consumed_at,omitzero"`
 }
 
 func (d DeviceCode) RecordID() string        { return d.ID }

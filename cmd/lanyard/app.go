@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/metrics"
@@ -29,6 +30,7 @@ type app struct {
 	secrets  broker.SecretStore
 	closeSec func()
 	srv      *server.Server
+	keys     *token.Keyring
 	ln       net.Listener
 	url      string // the public base URL (the issuer)
 	local    string // http://the-address-listened-on
@@ -110,6 +112,9 @@ func (m *Main) openApp(ctx context.Context, cfg config.Config) (_ *app, err erro
 	if a.url == "" {
 		a.url = a.local
 	}
+	if err := m.mountOAuth(ctx, a); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -185,6 +190,12 @@ func (a *app) sweep(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if a.keys != nil {
+				// Another replica, or `lanyard keys rotate`, may have changed the keys.
+				if err := a.keys.Reload(ctx); err != nil && ctx.Err() == nil {
+					a.log.Warn("reload signing keys", "err", err)
+				}
+			}
 			n, err := a.store.Sweep(ctx)
 			switch {
 			case err != nil && ctx.Err() == nil:
@@ -235,11 +246,20 @@ func (m *Main) dev(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Listen, "addr", cfg.Listen, "listen address (host:port)")
 	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data directory")
 	fs.StringVar(&cfg.Log.Level, "log-level", "info", "log level: debug, info, warn, error")
+	cfgFile := fs.String("config", "", "optional configuration file (resources, clients, oauth); --addr and --data override its listen and data_dir")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usagef("dev: unexpected argument %q", fs.Arg(0))
+	}
+	if *cfgFile != "" {
+		fileCfg, err := config.LoadDev(*cfgFile, m.Getenv)
+		if err != nil {
+			return err
+		}
+		fileCfg.Listen, fileCfg.DataDir, fileCfg.Log.Level = cfg.Listen, cfg.DataDir, cfg.Log.Level
+		cfg = fileCfg
 	}
 	cfg.Dev, cfg.Log.Format = true, "text"
 	if addr, tok := m.Getenv("VAULT_ADDR"), m.Getenv("VAULT_TOKEN"); addr != "" && tok != "" {

@@ -68,6 +68,7 @@ func commands() []command {
 		{"serve", "--config FILE", "run Lanyard from a configuration file", (*Main).serve},
 		{"users", "SUBCOMMAND [flags]", "manage local users (add, list, set-password, delete)", (*Main).users},
 		{"config", "check --config FILE", "validate a configuration file and list every problem", (*Main).configCmd},
+		{"keys", "list|rotate [flags]", "list or rotate the access-token signing keys", (*Main).keysCmd},
 		{"version", "", "print the version and build information", (*Main).version},
 	}
 }

@@ -206,8 +206,22 @@ func Load(path string, getenv func(string) string) (Config, error) {
 	return Parse(raw, getenv)
 }
 
+// LoadDev is Load for `lanyard dev --config`: plain-http loopback URIs are
+// allowed and the issuer may be left out.
+func LoadDev(path string, getenv func(string) string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return parse(raw, getenv, true)
+}
+
 // Parse is Load on the bytes of a file.
 func Parse(raw []byte, getenv func(string) string) (Config, error) {
+	return parse(raw, getenv, false)
+}
+
+func parse(raw []byte, getenv func(string) string, dev bool) (Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(raw, &root); err != nil {
 		return Config{}, Problems{fmt.Sprintf("yaml: %v", err)}
@@ -215,6 +229,7 @@ func Parse(raw []byte, getenv func(string) string) (Config, error) {
 	var probs Problems
 	expandNode(&root, getenv, &probs)
 	cfg := Default()
+	cfg.Dev = dev
 	if len(root.Content) > 0 {
 		// Re-encode the expanded tree and decode strictly, so that an unknown
 		// key is an error rather than silently ignored.
@@ -352,10 +367,10 @@ func (v *Vault) finish() Problems {
 	if u, err := url.Parse(v.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		add("secrets.vault.address: %q is not an http(s) URL", v.Address)
 	}
-	readSecretFile(&v.Token, v.TokenFile, "secrets.vault.token_file", &p)
+	readSecretFile(&v.Token, &v.TokenFile, "secrets.vault.token_file", &p)
 	if v.AppRole != nil {
 		a := v.AppRole
-		readSecretFile(&a.SecretID, a.SecretIDFile, "secrets.vault.approle.secret_id_file", &p)
+		readSecretFile(&a.SecretID, &a.SecretIDFile, "secrets.vault.approle.secret_id_file", &p)
 		if a.MountPath == "" {
 			a.MountPath = "approle"
 		}
@@ -380,10 +395,14 @@ func (v *Vault) finish() Problems {
 	return p
 }
 
-func readSecretFile(dst *broker.SecretString, path, key string, p *Problems) {
+// readSecretFile reads *path into dst and clears *path, so that finishing a
+// config twice does not read it again.
+func readSecretFile(dst *broker.SecretString, pathp *string, key string, p *Problems) {
+	path := *pathp
 	if path == "" {
 		return
 	}
+	*pathp = ""
 	if *dst != "" {
 		*p = append(*p, fmt.Sprintf("%s: set either the value or the file, not both", key))
 		return
@@ -462,7 +481,7 @@ func (c *Config) finishOAuth() Problems {
 	for i := range c.Resources {
 		r := &c.Resources[i]
 		key := fmt.Sprintf("resources[%d]", i)
-		readSecretFile(&r.ClientSecret, r.ClientSecretFile, key+".client_secret_file", &p)
+		readSecretFile(&r.ClientSecret, &r.ClientSecretFile, key+".client_secret_file", &p)
 		if !idRE.MatchString(r.ID) {
 			add("%s.id: %q must be 1-64 of A-Z a-z 0-9 . _ -", key, r.ID)
 		} else if ids[r.ID] {
@@ -502,7 +521,7 @@ func (c *Config) finishOAuth() Problems {
 	for i := range c.Clients {
 		cl := &c.Clients[i]
 		key := fmt.Sprintf("clients[%d]", i)
-		readSecretFile(&cl.ClientSecret, cl.ClientSecretFile, key+".client_secret_file", &p)
+		readSecretFile(&cl.ClientSecret, &cl.ClientSecretFile, key+".client_secret_file", &p)
 		if !idRE.MatchString(cl.ClientID) {
 			add("%s.client_id: %q must be 1-64 of A-Z a-z 0-9 . _ -", key, cl.ClientID)
 		} else if seen[cl.ClientID] {

@@ -150,3 +150,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	httpx.WriteJSON(w, code, map[string]any{"status": status, "checks": result})
 	return nil
 }
+
+// Handle adds a route for path and methods; it makes Server the Mounter
+// that feature packages mount their endpoints on.
+func (s *Server) Handle(path string, h http.Handler, methods ...string) {
+	rt := s.router.Handle(path, h)
+	if len(methods) > 0 {
+		rt.Methods(methods...)
+	}
+}

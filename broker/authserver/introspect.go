@@ -1,0 +1,137 @@
+package authserver
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/oauth"
+	"github.com/lanyardhq/lanyard/broker/token"
+)
+
+// AuthenticateResource authenticates a registered MCP server by its id and
+// secret (client_secret_basic or client_secret_post). Redemption uses it
+// too.
+func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oauth.Params) (broker.Resource, error) {
+	id, secret, _, err := clientCredentials(r, p)
+	if err != nil {
+		return broker.Resource{}, err
+	}
+	if id == "" || secret == "" {
+		return broker.Resource{}, oauth.ErrInvalidClient.WithDescription("MCP server authentication is required")
+	}
+	res, err := s.o.Store.Resources().Get(ctx, id)
+	if errors.Is(err, broker.ErrNotFound) {
+		secretMatches(HashSecret("x"), secret) // same work whether or not the id exists
+		return res, oauth.ErrInvalidClient.WithDescription("MCP server authentication failed")
+	}
+	if err != nil {
+		return res, err
+	}
+	if !secretMatches(res.SecretHash, secret) {
+		return res, oauth.ErrInvalidClient.WithDescription("MCP server authentication failed")
+	}
+	return res, nil
+}
+
+// VerifyAccessToken checks an access token's signature, type, issuer and
+// expiry, that its audience is aud (when aud is not empty), and that its
+// grant is live. It is the one check introspection and redemption share.
+func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.Claims, broker.Grant, error) {
+	c, err := s.o.Keys.Verify(ctx, raw)
+	if err != nil {
+		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription("the access token is invalid or expired").WithCause(err)
+	}
+	if aud != "" && c.Audience != aud {
+		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription("the access token was issued for another MCP server")
+	}
+	g, err := s.liveGrant(ctx, c.GrantID)
+	if err != nil {
+		if oauth.As(err).Code == oauth.ErrInvalidGrant.Code {
+			return c, g, oauth.ErrInvalidToken.WithDescription("the authorization behind this token was revoked")
+		}
+		return c, g, err
+	}
+	if g.Resource != c.Audience || g.ClientID != c.ClientID || g.UserID != c.Subject {
+		return c, g, oauth.ErrInvalidToken.WithDescription("the access token does not match its grant")
+	}
+	return c, g, nil
+}
+
+// introspect is RFC 7662 for MCP servers: only an authenticated MCP server
+// may ask, and a token is active only if its audience is that server.
+// Everything else is {"active": false}, whatever the reason.
+func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	p, err := oauth.ParseForm(w, r)
+	if err != nil {
+		oauth.WriteError(w, r, err)
+		return
+	}
+	res, err := s.AuthenticateResource(ctx, r, p)
+	if err != nil {
+		s.logOAuthError(ctx, "introspect: authentication failed", err)
+		oauth.WriteError(w, r, err)
+		return
+	}
+	raw := p.Get("token")
+	if raw == "" {
+		oauth.WriteError(w, r, oauth.ErrInvalidRequest.WithDescription("token is required"))
+		return
+	}
+	if hint := p.Get("token_type_hint"); hint == GrantRefreshToken {
+		oauth.WriteJSON(w, http.StatusOK, map[string]any{"active": false})
+		return
+	}
+	c, g, err := s.VerifyAccessToken(ctx, raw, res.URI)
+	if err != nil {
+		s.o.Logger.InfoContext(ctx, "introspect: inactive token", "resource", res.ID, "err", err)
+		oauth.WriteJSON(w, http.StatusOK, map[string]any{"active": false})
+		return
+	}
+	oauth.WriteJSON(w, http.StatusOK, map[string]any{
+		"active": true, "iss": c.Issuer, "sub": c.Subject, "aud": c.Audience, "client_id": c.ClientID,
+		"scope": strings.Join(c.Scopes, " "), "token_type": "Bearer", "exp": c.ExpiresAt.Unix(),
+		"iat": c.IssuedAt.Unix(), "jti": c.JTI, "grant_id": g.ID,
+	})
+}
+
+// revoke is RFC 7009. A client can revoke only its own tokens; revoking a
+// refresh or access token revokes the grant behind it (every token from
+// it). Unknown tokens, and tokens of other clients, get the same 200.
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	p, err := oauth.ParseForm(w, r)
+	if err != nil {
+		oauth.WriteError(w, r, err)
+		return
+	}
+	client, err := s.authenticateClient(ctx, r, p)
+	if err != nil {
+		oauth.WriteError(w, r, err)
+		return
+	}
+	raw := p.Get("token")
+	if raw == "" {
+		oauth.WriteError(w, r, oauth.ErrInvalidRequest.WithDescription("token is required"))
+		return
+	}
+	grantID := ""
+	if rt, err := s.o.Store.RefreshTokens().Get(ctx, HashSecret(raw)); err == nil {
+		if rt.ClientID == client.ID {
+			grantID = rt.GrantID
+		}
+	} else if c, err := s.o.Keys.Verify(ctx, raw); err == nil && c.ClientID == client.ID {
+		grantID = c.GrantID
+	}
+	if grantID != "" {
+		if err := s.RevokeGrant(ctx, grantID, "revoked by the client"); err != nil && !errors.Is(err, broker.ErrNotFound) {
+			oauth.WriteError(w, r, oauth.ErrServerError.WithCause(err))
+			return
+		}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+}

@@ -1,0 +1,314 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/authserver"
+	"github.com/lanyardhq/lanyard/broker/oauth"
+)
+
+// Sign-in lockout: after maxFailures wrong passwords a user is locked for
+// lockout, whatever address the attempts come from.
+const (
+	maxFailures     = 5
+	lockout         = 15 * time.Minute
+	maxBadUserCodes = 5
+)
+
+// dummyHash keeps a sign-in for an unknown user as slow as for a known one.
+const dummyHash = "$2a$12$4HMtyE7rW1JNcbDLVk4I8e1YMRHFU9Pq1rAZjyOr0DpRQ4KgLwacy" // bcrypt of a fixed string, cost 12
+
+// afterLogin is where a signed-in browser goes next. Only targets built
+// here are possible, never a URL from the request (no open redirect).
+func afterLogin(r *http.Request) string {
+	if req := r.FormValue("req"); req != "" {
+		return authserver.PathConsent + "?" + url.Values{"req": {req}}.Encode()
+	}
+	if r.FormValue("next") == "device" {
+		q := url.Values{}
+		if uc := r.FormValue("user_code"); uc != "" {
+			q.Set("user_code", uc)
+		}
+		return authserver.PathDevice + "?" + q.Encode()
+	}
+	return "/"
+}
+
+func (u *UI) home(w http.ResponseWriter, r *http.Request) error {
+	if r.URL.Path != "/" {
+		return userError(http.StatusNotFound, "Not found", "There is no such page.")
+	}
+	user, _, ok, err := u.currentUser(r.Context(), r)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		http.Redirect(w, r, "/login", http.StatusSeeOther)
+		return nil
+	}
+	var grants []broker.Grant
+	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
+	for {
+		page, err := u.o.Store.Grants().List(r.Context(), q)
+		if err != nil {
+			return err
+		}
+		for _, g := range page.Items {
+			if !g.Revoked() {
+				grants = append(grants, g)
+			}
+		}
+		if page.Next == "" {
+			break
+		}
+		q.After = page.Next
+	}
+	u.render(w, r, http.StatusOK, "home", map[string]any{"User": user, "Grants": grants, "CSRF": u.csrfToken(w, r)})
+	return nil
+}
+
+func (u *UI) loginForm(w http.ResponseWriter, r *http.Request) error {
+	if _, _, ok, err := u.currentUser(r.Context(), r); err != nil {
+		return err
+	} else if ok {
+		http.Redirect(w, r, afterLogin(r), http.StatusSeeOther)
+		return nil
+	}
+	u.renderLogin(w, r, http.StatusOK, "")
+	return nil
+}
+
+func (u *UI) renderLogin(w http.ResponseWriter, r *http.Request, status int, problem string) {
+	data := map[string]any{
+		"CSRF": u.csrfToken(w, r), "Req": r.FormValue("req"), "Next": r.FormValue("next"),
+		"UserCode": r.FormValue("user_code"), "Problem": problem, "Username": r.PostFormValue("username"),
+	}
+	// A pending request may end in a redirect to the client straight after
+	// sign-in (pre-approved), so the form may lead there.
+	if req := r.FormValue("req"); req != "" {
+		if ar, err := u.o.Store.AuthRequests().Get(r.Context(), req); err == nil {
+			securityHeaders(w, cspSource(ar.RedirectURI))
+			data["Pending"] = true
+		}
+	}
+	u.render(w, r, status, "login", data)
+}
+
+func (u *UI) login(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	if !u.limits.allow(r.RemoteAddr) {
+		u.renderLogin(w, r, http.StatusTooManyRequests, "Too many sign-in attempts from your address. Wait a minute and try again.")
+		return nil
+	}
+	name, pass := r.PostFormValue("username"), broker.SecretString(r.PostFormValue("password"))
+	user, err := u.o.Store.Users().GetBy(ctx, broker.IndexUsername, name)
+	if errors.Is(err, broker.ErrNotFound) || broker.ValidateUsername(name) != nil {
+		_ = u.o.VerifyPassword(dummyHash, pass)
+		u.renderLogin(w, r, http.StatusUnauthorized, "Wrong user name or password.")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	now := u.o.Now()
+	if user.LockedUntil.After(now) {
+		u.renderLogin(w, r, http.StatusTooManyRequests, "Too many wrong passwords. This account is locked for a few minutes.")
+		return nil
+	}
+	if user.Disabled || u.o.VerifyPassword(user.PasswordHash, pass) != nil {
+		_, uerr := u.o.Store.Users().Update(ctx, user.ID, func(x broker.User) (broker.User, error) {
+			x.FailedLogins++
+			if x.FailedLogins >= maxFailures {
+				x.FailedLogins, x.LockedUntil = 0, now.Add(lockout)
+			}
+			return x, nil
+		})
+		u.o.Logger.InfoContext(ctx, "sign-in failed", "user", user.ID, "err", uerr)
+		u.renderLogin(w, r, http.StatusUnauthorized, "Wrong user name or password.")
+		return nil
+	}
+	if user.FailedLogins > 0 {
+		if _, err := u.o.Store.Users().Update(ctx, user.ID, func(x broker.User) (broker.User, error) {
+			x.FailedLogins = 0
+			return x, nil
+		}); err != nil {
+			return err
+		}
+	}
+	if err := u.startSession(ctx, w, r, user); err != nil {
+		return err
+	}
+	u.o.Logger.InfoContext(ctx, "signed in", "user", user.ID)
+	http.Redirect(w, r, afterLogin(r), http.StatusSeeOther)
+	return nil
+}
+
+func (u *UI) logout(w http.ResponseWriter, r *http.Request) error {
+	if c, err := r.Cookie(u.cookieName("session")); err == nil && c.Value != "" {
+		if err := u.o.Store.Sessions().Delete(r.Context(), broker.HashSecret(c.Value)); err != nil && !errors.Is(err, broker.ErrNotFound) {
+			return err
+		}
+	}
+	u.clearCookie(w, "session")
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+	return nil
+}
+
+// requireUser sends a browser that is not signed in to the sign-in page,
+// carrying only the known continuation fields.
+func (u *UI) requireUser(w http.ResponseWriter, r *http.Request, cont url.Values) (broker.User, bool, error) {
+	user, _, ok, err := u.currentUser(r.Context(), r)
+	if err != nil || ok {
+		return user, ok, err
+	}
+	http.Redirect(w, r, "/login?"+cont.Encode(), http.StatusSeeOther)
+	return user, false, nil
+}
+
+var errGone = userError(http.StatusBadRequest, "Request expired", authserver.ErrRequestGone.Error())
+
+func (u *UI) consentForm(w http.ResponseWriter, r *http.Request) error {
+	req := r.URL.Query().Get("req")
+	if req == "" {
+		return errGone
+	}
+	user, ok, err := u.requireUser(w, r, url.Values{"req": {req}})
+	if err != nil || !ok {
+		return err
+	}
+	pd, err := u.o.Auth.Pending(r.Context(), req, user)
+	if errors.Is(err, authserver.ErrRequestGone) {
+		return errGone
+	}
+	if err != nil {
+		return err
+	}
+	if pd.PreApproved {
+		return u.decide(w, r, req, user, authserver.Decision{Approve: true, Remembered: true})
+	}
+	securityHeaders(w, cspSource(pd.Request.RedirectURI))
+	redirect, _ := url.Parse(pd.Request.RedirectURI)
+	host := pd.Request.RedirectURI
+	if redirect != nil && redirect.Host != "" {
+		host = redirect.Host
+	}
+	u.render(w, r, http.StatusOK, "consent", map[string]any{
+		"CSRF": u.csrfToken(w, r), "Req": req, "User": user, "Client": pd.Client, "Resource": pd.Resource,
+		"Scopes": pd.Request.Scopes, "RedirectHost": host,
+		"Localhost":   redirect != nil && oauth.IsLoopbackHost(redirect.Hostname()),
+		"Connections": pd.Connections, "Offline": slices.Contains(pd.Request.Scopes, authserver.ScopeOfflineAccess),
+	})
+	return nil
+}
+
+func (u *UI) consent(w http.ResponseWriter, r *http.Request) error {
+	req := r.PostFormValue("req")
+	user, ok, err := u.requireUser(w, r, url.Values{"req": {req}})
+	if err != nil || !ok {
+		return err
+	}
+	d := authserver.Decision{Approve: r.PostFormValue("decision") == "approve", ConnectionIDs: r.PostForm["connection"]}
+	return u.decide(w, r, req, user, d)
+}
+
+func (u *UI) decide(w http.ResponseWriter, r *http.Request, req string, user broker.User, d authserver.Decision) error {
+	target, err := u.o.Auth.Decide(r.Context(), req, user, d)
+	if errors.Is(err, authserver.ErrRequestGone) {
+		return errGone
+	}
+	if err != nil {
+		return err
+	}
+	// 303: the browser follows with GET, never re-posting the form (a 307
+	// would send the user's form, CSRF token included, to the client).
+	http.Redirect(w, r, target, http.StatusSeeOther)
+	return nil
+}
+
+func (u *UI) deviceForm(w http.ResponseWriter, r *http.Request) error {
+	code := r.URL.Query().Get("user_code")
+	_, ok, err := u.requireUser(w, r, url.Values{"next": {"device"}, "user_code": {code}})
+	if err != nil || !ok {
+		return err
+	}
+	u.render(w, r, http.StatusOK, "device", map[string]any{"CSRF": u.csrfToken(w, r), "UserCode": code})
+	return nil
+}
+
+func (u *UI) device(w http.ResponseWriter, r *http.Request) error {
+	code := r.PostFormValue("user_code")
+	user, sess, ok, err := u.currentUser(r.Context(), r)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		http.Redirect(w, r, "/login?"+url.Values{"next": {"device"}}.Encode(), http.StatusSeeOther)
+		return nil
+	}
+	if sess.BadUserCodes >= maxBadUserCodes {
+		return userError(http.StatusTooManyRequests, "Too many wrong codes",
+			"You entered too many wrong codes. Sign out and in again, then start over on your device.")
+	}
+	dp, err := u.o.Auth.LookupDevice(r.Context(), code, user)
+	if errors.Is(err, authserver.ErrUnknownUserCode) {
+		if _, err := u.o.Store.Sessions().Update(r.Context(), sess.ID, func(s broker.Session) (broker.Session, error) {
+			s.BadUserCodes++
+			return s, nil
+		}); err != nil {
+			return err
+		}
+		u.render(w, r, http.StatusBadRequest, "device", map[string]any{"CSRF": u.csrfToken(w, r), "UserCode": code,
+			"Problem": "That code is wrong or has expired. Check the code on your device."})
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	u.render(w, r, http.StatusOK, "device_confirm", map[string]any{
+		"CSRF": u.csrfToken(w, r), "UserCode": dp.UserCode, "User": user, "Client": dp.Client,
+		"Resource": dp.Resource, "Scopes": dp.Scopes, "Connections": dp.Connections,
+	})
+	return nil
+}
+
+func (u *UI) deviceDecide(w http.ResponseWriter, r *http.Request) error {
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"device"}})
+	if err != nil || !ok {
+		return err
+	}
+	approve := r.PostFormValue("decision") == "approve"
+	err = u.o.Auth.DecideDevice(r.Context(), r.PostFormValue("user_code"), user,
+		authserver.Decision{Approve: approve, ConnectionIDs: r.PostForm["connection"]})
+	if errors.Is(err, authserver.ErrUnknownUserCode) {
+		return userError(http.StatusBadRequest, "Request expired", "That code has expired or was already used. Start again on your device.")
+	}
+	if err != nil {
+		return err
+	}
+	u.render(w, r, http.StatusOK, "done", map[string]any{"Approved": approve})
+	return nil
+}
+
+func (u *UI) revokeGrant(w http.ResponseWriter, r *http.Request) error {
+	user, ok, err := u.requireUser(w, r, url.Values{})
+	if err != nil || !ok {
+		return err
+	}
+	g, err := u.o.Store.Grants().Get(r.Context(), r.PostFormValue("grant"))
+	if errors.Is(err, broker.ErrNotFound) || (err == nil && g.UserID != user.ID) {
+		return userError(http.StatusNotFound, "Not found", "There is no such authorization.")
+	}
+	if err != nil {
+		return err
+	}
+	if err := u.o.Auth.RevokeGrant(r.Context(), g.ID, "revoked by the user"); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+	return nil
+}
