@@ -44,6 +44,8 @@ type Config struct {
 	Resources []Resource `yaml:"resources"`
 	// Clients are pre-registered OAuth clients (agents).
 	Clients []Client `yaml:"clients"`
+	// Connectors are the upstream services users link accounts of.
+	Connectors []Connector `yaml:"connectors"`
 
 	// Dev is set by `lanyard dev`: plain-http loopback issuer allowed.
 	Dev bool `yaml:"-"`
@@ -156,6 +158,69 @@ type Client struct {
 type PreApproved struct {
 	Users  []string `yaml:"users"`
 	Groups []string `yaml:"groups"`
+}
+
+// Connector configures one upstream service users can link. Exactly the
+// settings block of its kind is used.
+type Connector struct {
+	Name        string          `yaml:"name"`
+	Kind        string          `yaml:"kind"` // oauth2, apikey, basic, socket
+	DisplayName string          `yaml:"display_name"`
+	OAuth2      OAuth2Connector `yaml:"oauth2"`
+	APIKey      APIKeyConnector `yaml:"apikey"`
+	Basic       BasicConnector  `yaml:"basic"`
+	Socket      SocketConnector `yaml:"socket"`
+}
+
+// OAuth2Connector links accounts at an OAuth 2.0 / OIDC provider.
+type OAuth2Connector struct {
+	// Preset fills the endpoints: github, google, microsoft, slack,
+	// salesforce, workday, or oidc (discovery from Issuer). Empty: give
+	// auth_url and token_url.
+	Preset           string              `yaml:"preset"`
+	Issuer           string              `yaml:"issuer"`
+	Tenant           string              `yaml:"tenant"` // microsoft: tenant id or "organizations"
+	Domain           string              `yaml:"domain"` // salesforce/workday: the instance host
+	AuthURL          string              `yaml:"auth_url"`
+	TokenURL         string              `yaml:"token_url"`
+	RevocationURL    string              `yaml:"revocation_url"`
+	UserInfoURL      string              `yaml:"userinfo_url"`
+	ClientID         string              `yaml:"client_id"`
+	ClientSecret     broker.SecretString `yaml:"client_secret"`
+	ClientSecretFile string              `yaml:"client_secret_file"`
+	Scopes           []string            `yaml:"scopes"`
+	// TokenExchange: exchange onward at the provider (RFC 8693) instead of
+	// handing out the stored token, where the provider supports it.
+	TokenExchange bool `yaml:"token_exchange"`
+}
+
+// APIKeyConnector links an API key.
+type APIKeyConnector struct {
+	Header     string `yaml:"header"`      // e.g. Authorization
+	Prefix     string `yaml:"prefix"`      // e.g. "Bearer "
+	QueryParam string `yaml:"query_param"` // instead of a header
+	// VerifyURL, if set, is fetched with the key before it is saved; a
+	// 2xx answer means the key works.
+	VerifyURL string `yaml:"verify_url"`
+}
+
+// BasicConnector links a user name and password for a non-OAuth protocol.
+type BasicConnector struct {
+	Protocol string `yaml:"protocol"` // imap
+	// Address is host:port of the server. Empty with allow_user_address:
+	// the user gives it (then SSRF-guarded).
+	Address          string `yaml:"address"`
+	AllowUserAddress bool   `yaml:"allow_user_address"`
+	// TLS: implicit (default), starttls, or plaintext (only if set here).
+	TLS    string `yaml:"tls"`
+	CACert string `yaml:"ca_cert"` // PEM bundle for the server's certificate
+}
+
+// SocketConnector links a Unix-domain socket or TCP endpoint and its secret.
+type SocketConnector struct {
+	Network     string   `yaml:"network"`      // unix or tcp
+	AllowedDirs []string `yaml:"allowed_dirs"` // unix: socket paths must resolve under one of these
+	Probe       string   `yaml:"probe"`        // none or redis (AUTH then PING)
 }
 
 // MinSecretLen is the shortest client secret accepted for resources and
@@ -517,6 +582,7 @@ func (c *Config) finishOAuth() Problems {
 		}
 		o.DefaultResource = canon
 	}
+	p = append(p, c.finishConnectors()...)
 	seen := map[string]bool{}
 	for i := range c.Clients {
 		cl := &c.Clients[i]
@@ -571,4 +637,86 @@ func checkRedirect(s string) error {
 		return errors.New("must be https, http on a loopback host, or a reverse-DNS private-use scheme")
 	}
 	return nil
+}
+
+func (c *Config) finishConnectors() Problems {
+	var p Problems
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	names := map[string]bool{}
+	for i := range c.Connectors {
+		cn := &c.Connectors[i]
+		key := fmt.Sprintf("connectors[%d]", i)
+		if !idRE.MatchString(cn.Name) {
+			add("%s.name: %q must be 1-64 of A-Z a-z 0-9 . _ -", key, cn.Name)
+		} else if names[cn.Name] {
+			add("%s.name: %q is used twice", key, cn.Name)
+		}
+		names[cn.Name] = true
+		if cn.DisplayName == "" {
+			cn.DisplayName = cn.Name
+		}
+		switch cn.Kind {
+		case "oauth2":
+			o := &cn.OAuth2
+			readSecretFile(&o.ClientSecret, &o.ClientSecretFile, key+".oauth2.client_secret_file", &p)
+			if o.ClientID == "" {
+				add("%s.oauth2.client_id: required", key)
+			}
+			switch o.Preset {
+			case "github", "google", "microsoft", "slack", "salesforce", "workday":
+			case "oidc":
+				if o.Issuer == "" {
+					add("%s.oauth2.issuer: required with preset oidc", key)
+				}
+			case "":
+				if o.AuthURL == "" || o.TokenURL == "" {
+					add("%s.oauth2: auth_url and token_url are required without a preset", key)
+				}
+			default:
+				add("%s.oauth2.preset: %q is not one of github, google, microsoft, slack, salesforce, workday, oidc", key, o.Preset)
+			}
+		case "apikey":
+			a := cn.APIKey
+			if (a.Header == "") == (a.QueryParam == "") {
+				add("%s.apikey: set exactly one of header and query_param", key)
+			}
+		case "basic":
+			b := &cn.Basic
+			if b.Protocol == "" {
+				b.Protocol = "imap"
+			}
+			if b.Protocol != "imap" {
+				add("%s.basic.protocol: %q is not supported (imap)", key, b.Protocol)
+			}
+			if b.TLS == "" {
+				b.TLS = "implicit"
+			}
+			if b.TLS != "implicit" && b.TLS != "starttls" && b.TLS != "plaintext" {
+				add("%s.basic.tls: %q is not one of implicit, starttls, plaintext", key, b.TLS)
+			}
+			if b.Address == "" && !b.AllowUserAddress {
+				add("%s.basic: address is required unless allow_user_address is set", key)
+			}
+		case "socket":
+			s := &cn.Socket
+			if s.Network == "" {
+				s.Network = "unix"
+			}
+			if s.Network != "unix" && s.Network != "tcp" {
+				add("%s.socket.network: %q is not one of unix, tcp", key, s.Network)
+			}
+			if s.Network == "unix" && len(s.AllowedDirs) == 0 {
+				add("%s.socket.allowed_dirs: list the directories socket paths may be under", key)
+			}
+			if s.Probe == "" {
+				s.Probe = "none"
+			}
+			if s.Probe != "none" && s.Probe != "redis" {
+				add("%s.socket.probe: %q is not one of none, redis", key, s.Probe)
+			}
+		default:
+			add("%s.kind: %q is not one of oauth2, apikey, basic, socket", key, cn.Kind)
+		}
+	}
+	return p
 }

@@ -158,7 +158,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestExampleConfigIsValid(t *testing.T) {
 	cfg, err := Load("../../configs/lanyard.example.yaml", env(map[string]string{
 		"VAULT_ADDR": "https://vault.example:8200", "VAULT_TOKEN": "hvs.example",
-		"MAIL_MCP_SECRET": "0123456789abcdef0123456789abcdef",
+		"MAIL_MCP_SECRET": "0123456789abcdef0123456789abcdef", "GITHUB_CLIENT_SECRET": "gh-secret",
 	}))
 	if err != nil {
 		t.Fatalf("example config: %v", err)
