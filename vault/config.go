@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -24,11 +25,18 @@ const (
 // plain data; New validates it and reports every problem at once. Exactly one
 // of Token and AppRole must be set.
 //
-// The store never reads VAULT_* environment variables itself: wiring code
-// decides where configuration comes from.
+// The store never reads VAULT_* environment variables, nor the proxy ones
+// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY): wiring code decides where
+// configuration comes from.
 type Config struct {
 	// Address is the Vault URL, for example "https://vault.internal:8200".
+	// A plain http:// address is refused unless its host is a loopback
+	// address (or "localhost") or AllowInsecureHTTP is set: the token and
+	// every secret would cross the network in cleartext.
 	Address string
+	// AllowInsecureHTTP allows an http:// Address on a host that is not a
+	// loopback address. It is meant for development only.
+	AllowInsecureHTTP bool
 	// Token is a Vault token used as is (it is not renewed).
 	Token broker.SecretString
 	// AppRole, when set, logs in with the AppRole auth method and keeps the
@@ -79,6 +87,16 @@ func validPath(p string) bool {
 	return true
 }
 
+// loopback reports whether host names this machine: "localhost" or a
+// loopback IP address.
+func loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // withDefaults returns c with every zero field that has a default filled in.
 func (c Config) withDefaults() Config {
 	if c.Mount == "" {
@@ -115,6 +133,11 @@ func (c Config) Validate() error {
 		bad("address is required")
 	} else if u, err := url.Parse(c.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("address %q is not an http(s) URL", c.Address)
+	} else if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		bad("address %q must not carry user information, a query or a fragment", u.Redacted())
+	} else if u.Scheme == "http" && !c.AllowInsecureHTTP && !loopback(u.Hostname()) {
+		bad("address %q is plain http to a host that is not loopback, so the token would cross the network "+
+			"in cleartext; use https (or allow insecure http explicitly, for development only)", c.Address)
 	}
 	switch {
 	case c.Token == "" && c.AppRole == nil:

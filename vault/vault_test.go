@@ -144,6 +144,45 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// newAppRole enables AppRole at mount with one role whose tokens have the
+// policy rules (and the default policy) and the given TTLs, and returns the
+// role id and a secret id. Everything is removed when the test ends.
+func newAppRole(t *testing.T, root *api.Client, mount, rules, ttl, maxTTL string) (roleID, secretID string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatalf("enable approle: %v", err)
+	}
+	t.Cleanup(func() { _ = root.Sys().DisableAuth(mount) })
+	policy := "lanyard-test-" + mount
+	if err := root.Sys().PutPolicyWithContext(ctx, policy, rules); err != nil {
+		t.Fatalf("put policy: %v", err)
+	}
+	t.Cleanup(func() { _ = root.Sys().DeletePolicy(policy) })
+	role := "auth/" + mount + "/role/lanyard"
+	if _, err := root.Logical().WriteWithContext(ctx, role, map[string]any{
+		"token_policies": policy,
+		"token_ttl":      ttl,
+		"token_max_ttl":  maxTTL,
+	}); err != nil {
+		t.Fatalf("create role: %v", err)
+	}
+	r, err := root.Logical().ReadWithContext(ctx, role+"/role-id")
+	if err != nil {
+		t.Fatalf("read role id: %v", err)
+	}
+	roleID, _ = r.Data["role_id"].(string)
+	r, err = root.Logical().WriteWithContext(ctx, role+"/secret-id", nil)
+	if err != nil {
+		t.Fatalf("create secret id: %v", err)
+	}
+	secretID, _ = r.Data["secret_id"].(string)
+	if roleID == "" || secretID == "" {
+		t.Fatalf("role id or secret id missing from Vault's answer")
+	}
+	return roleID, secretID
+}
+
 // TestAppRole logs in with AppRole to a role whose tokens live 2s and at
 // most 6s, and works for ~8s: the token must be renewed and, at its maximum
 // lifetime, replaced by a new login, without a failed call.
@@ -155,40 +194,11 @@ func TestAppRole(t *testing.T) {
 	mount := "approle-" + id
 	prefix := uniquePrefix(t, root)
 
-	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatalf("enable approle: %v", err)
-	}
-	t.Cleanup(func() { _ = root.Sys().DisableAuth(mount) })
-	policy := "lanyard-test-" + id
 	rules := fmt.Sprintf(`
 path "secret/data/%[1]s/*" { capabilities = ["create", "read", "update", "delete"] }
 path "secret/metadata/%[1]s/*" { capabilities = ["read", "delete", "list"] }
 `, prefix)
-	if err := root.Sys().PutPolicyWithContext(ctx, policy, rules); err != nil {
-		t.Fatalf("put policy: %v", err)
-	}
-	t.Cleanup(func() { _ = root.Sys().DeletePolicy(policy) })
-	role := "auth/" + mount + "/role/lanyard"
-	if _, err := root.Logical().WriteWithContext(ctx, role, map[string]any{
-		"token_policies": policy,
-		"token_ttl":      "2s",
-		"token_max_ttl":  "6s",
-	}); err != nil {
-		t.Fatalf("create role: %v", err)
-	}
-	r, err := root.Logical().ReadWithContext(ctx, role+"/role-id")
-	if err != nil {
-		t.Fatalf("read role id: %v", err)
-	}
-	roleID, _ := r.Data["role_id"].(string)
-	r, err = root.Logical().WriteWithContext(ctx, role+"/secret-id", nil)
-	if err != nil {
-		t.Fatalf("create secret id: %v", err)
-	}
-	secretID, _ := r.Data["secret_id"].(string)
-	if roleID == "" || secretID == "" {
-		t.Fatalf("role id or secret id missing from Vault's answer")
-	}
+	roleID, secretID := newAppRole(t, root, mount, rules, "2s", "6s")
 
 	t.Run("BadSecretID", func(t *testing.T) {
 		_, err := vault.New(ctx, vault.Config{Address: addr, Prefix: prefix,
@@ -261,6 +271,9 @@ path "secret/metadata/%[1]s/*" { capabilities = ["read", "delete", "list"] }
 	}
 	if !strings.Contains(out, "vault token renewed") {
 		t.Errorf("no token renewal was logged")
+	}
+	if !strings.Contains(out, "replaced token revoked") {
+		t.Errorf("the token replaced at its maximum lifetime was not revoked")
 	}
 	for _, f := range failed {
 		t.Errorf("a call failed: %s", f)
