@@ -342,6 +342,45 @@ path "secret/data/%[1]s/o/denied" { capabilities = ["deny"] }
 	}
 }
 
+// TestDeniedPathNoLookupSelf: when the role's tokens may not even look
+// themselves up (no default policy), a 403 cannot tell a denied path from an
+// invalid token; re-logins are then limited to one per 30s.
+func TestDeniedPathNoLookupSelf(t *testing.T) {
+	addr, token := testenv.Vault(t)
+	root := rootClient(t, addr, token)
+	ctx := t.Context()
+	prefix := uniquePrefix(t, root)
+	mount := "approle-" + randHex(t)
+	rules := fmt.Sprintf(`path "secret/data/%s/o/allowed" { capabilities = ["create", "read", "update"] }`, prefix)
+	roleID, secretID := newAppRole(t, root, mount, rules, "1h", "2h")
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/"+mount+"/role/lanyard",
+		map[string]any{"token_no_default_policy": true}); err != nil {
+		t.Fatalf("update role: %v", err)
+	}
+	var logins atomic.Int32
+	s := newStore(t, vault.Config{
+		Address: addr,
+		Prefix:  prefix,
+		AppRole: &vault.AppRoleConfig{MountPath: mount, RoleID: roleID, SecretID: broker.SecretString(secretID)},
+		Observer: func(_, op string, _ time.Duration, err error) {
+			if op == "login" && err == nil {
+				logins.Add(1)
+			}
+		},
+	})
+	for i := range 20 {
+		if _, _, err := s.Get(ctx, broker.SecretKey{Owner: "o", Name: "denied"}); err == nil {
+			t.Fatalf("Get #%d of the denied path succeeded", i)
+		}
+	}
+	if n := logins.Load(); n > 2 {
+		t.Errorf("20 calls to a denied path: %d logins, want at most 2", n)
+	}
+	if _, err := s.Put(ctx, broker.SecretKey{Owner: "o", Name: "allowed"}, broker.NewSecret(nil), broker.CASAny); err != nil {
+		t.Errorf("Put of the allowed path: %v", err)
+	}
+}
+
 // countTokens counts the live tokens created by the auth method at mount.
 func countTokens(t *testing.T, root *api.Client, mount string) int {
 	t.Helper()
