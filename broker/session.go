@@ -58,3 +58,33 @@ func (a AuthRequest) WithConsumedAt(t time.Time) AuthRequest {
 }
 
 var _ SingleUse[AuthRequest] = AuthRequest{}
+
+// PendingLink is a redirect-based account link in flight (OAuth to an
+// upstream). ID is the hash of the state parameter; the link is bound to
+// the session that began it and completes once.
+type PendingLink struct {
+	ID           string    `json:"id"`
+	UserID       string    `json:"user_id"`
+	SessionID    string    `json:"session_id"`
+	Connector    string    `json:"connector"`
+	ConnectionID string    `json:"connection_id,omitempty"` // re-link of this connection
+	CreatedAt    time.Time `json:"created_at"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	Consumed     time.Time `json:"consumed_at,omitzero"`
+}
+
+func (p PendingLink) RecordID() string        { return p.ID }
+func (p PendingLink) RecordExpiry() time.Time { return p.ExpiresAt }
+func (p PendingLink) RecordIndexes() []Index  { return nil }
+func (p PendingLink) Validate() error {
+	return errors.Join(validateID("pending link", p.ID),
+		required("pending link", "user_id", p.UserID, "session_id", p.SessionID, "connector", p.Connector),
+		requireExpiry("pending link", p.ExpiresAt))
+}
+func (p PendingLink) ConsumedAt() time.Time { return p.Consumed }
+func (p PendingLink) WithConsumedAt(t time.Time) PendingLink {
+	p.Consumed = t
+	return p
+}
+
+var _ SingleUse[PendingLink] = PendingLink{}

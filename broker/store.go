@@ -124,6 +124,7 @@ type Store interface {
 	DeviceCodes() SingleUseTable[DeviceCode]
 	Sessions() Table[Session]
 	AuthRequests() SingleUseTable[AuthRequest]
+	PendingLinks() SingleUseTable[PendingLink]
 
 	// Sweep deletes expired records and returns how many it removed.
 	Sweep(ctx context.Context) (int, error)

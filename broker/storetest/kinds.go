@@ -184,3 +184,19 @@ var authRequests = singleUseKind[broker.AuthRequest]{
 	},
 	su: broker.Store.AuthRequests,
 }
+
+var pendingLinks = singleUseKind[broker.PendingLink]{
+	kind: kind[broker.PendingLink]{
+		table: func(s broker.Store) broker.Table[broker.PendingLink] { return s.PendingLinks() },
+		fixture: func(id, uniq string, now time.Time) broker.PendingLink {
+			return broker.PendingLink{ID: id, UserID: "u-" + uniq, SessionID: "s-" + uniq, Connector: "github",
+				CreatedAt: now, ExpiresAt: now.Add(10 * time.Minute)}
+		},
+		mutate: func(p broker.PendingLink) broker.PendingLink {
+			p.ConnectionID = "conn-1"
+			return p
+		},
+		invalid: func(p broker.PendingLink) broker.PendingLink { p.SessionID = ""; return p },
+	},
+	su: broker.Store.PendingLinks,
+}

@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) broker.Stor
 	t.Run("DeviceCodes", func(t *testing.T) { testSingleUse(t, o, deviceCodes) })
 	t.Run("Sessions", func(t *testing.T) { testTable(t, o, sessions) })
 	t.Run("AuthRequests", func(t *testing.T) { testSingleUse(t, o, authRequests) })
+	t.Run("PendingLinks", func(t *testing.T) { testSingleUse(t, o, pendingLinks) })
 	t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, o) })
 	t.Run("Expiry", func(t *testing.T) { testExpiry(t, o) })
 	t.Run("Sweep", func(t *testing.T) { testSweep(t, o) })

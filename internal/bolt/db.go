@@ -95,6 +95,7 @@ type DB struct {
 	devices     *singleUse[broker.DeviceCode]
 	sessions    *table[broker.Session]
 	authReqs    *singleUse[broker.AuthRequest]
+	links       *singleUse[broker.PendingLink]
 	sweepers    []sweeper
 	sweepBatch  int // expiry index entries one Sweep transaction visits at most
 }
@@ -134,8 +135,9 @@ func Open(path string, opts Options) (*DB, error) {
 	db.devices = newSingleUse[broker.DeviceCode](db, "device_codes")
 	db.sessions = newTable[broker.Session](db, "sessions")
 	db.authReqs = newSingleUse[broker.AuthRequest](db, "auth_requests")
+	db.links = newSingleUse[broker.PendingLink](db, "pending_links")
 	db.sweepers = []sweeper{db.users, db.clients, db.resources, db.connections, db.grants,
-		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs}
+		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs, db.links}
 	err = bdb.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists([]byte(blobBucket))
 		for _, s := range db.sweepers {
@@ -155,6 +157,9 @@ func (db *DB) Sessions() broker.Table[broker.Session] { return db.sessions }
 
 // AuthRequests implements broker.Store.
 func (db *DB) AuthRequests() broker.SingleUseTable[broker.AuthRequest] { return db.authReqs }
+
+// PendingLinks implements broker.Store.
+func (db *DB) PendingLinks() broker.SingleUseTable[broker.PendingLink] { return db.links }
 
 // Path returns the data file's path.
 func (db *DB) Path() string { return db.path }

@@ -100,6 +100,10 @@ type Vault struct {
 	Prefix    string              `yaml:"prefix"`
 	Timeout   time.Duration       `yaml:"timeout"`
 	CACert    string              `yaml:"ca_cert"`
+	// AllowInsecureHTTP permits a plain-http address on a non-loopback
+	// host (the token then crosses the network in clear). Never in
+	// production.
+	AllowInsecureHTTP bool `yaml:"allow_insecure_http"`
 }
 
 // AppRole configures Vault AppRole login.
@@ -431,6 +435,8 @@ func (v *Vault) finish() Problems {
 	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
 	if u, err := url.Parse(v.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		add("secrets.vault.address: %q is not an http(s) URL", v.Address)
+	} else if u.Scheme == "http" && !isLoopback(u.Hostname()) && !v.AllowInsecureHTTP {
+		add("secrets.vault.address: %q is plain http to another host; use https (or set allow_insecure_http)", v.Address)
 	}
 	readSecretFile(&v.Token, &v.TokenFile, "secrets.vault.token_file", &p)
 	if v.AppRole != nil {
