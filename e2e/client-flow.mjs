@@ -323,7 +323,7 @@ async function main() {
     username,
     password,
     mode: deny ? `${mode}-deny` : mode,
-    expect: { consentShows: [clientName, 'E2E MCP server'] },
+    expect: { consentShows: [clientName, 'E2E MCP server', new URL(callback.url).host] },
     deny,
   });
   if (!deny && params.error) {
