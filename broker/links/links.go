@@ -369,6 +369,10 @@ func (s *Service) expiring(sec broker.Secret) bool {
 // the fresh one. invalid_grant marks the connection needs-relink.
 func (s *Service) refresh(ctx context.Context, conn broker.Connection, c connectors.Connector, force bool) (broker.Secret, error) {
 	v, err, _ := s.flight.Do(conn.ID, func() (any, error) {
+		// The refresh serves every waiting caller: it must not die with
+		// the first caller's context, but it is bounded.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
 		sec, ver, err := s.o.Secrets.Get(ctx, conn.SecretKey)
 		if err != nil {
 			return nil, err
