@@ -179,6 +179,8 @@ type Grant struct {
 	ExpiresAt     time.Time `json:"expires_at,omitzero"`
 	RevokedAt     time.Time `json:"revoked_at,omitzero"`
 	RevokeReason  string    `json:"revoke_reason,omitempty"`
+	// LastUsedAt is when a token was last issued or redeemed under it.
+	LastUsedAt time.Time `json:"last_used_at,omitzero"`
 }
 
 func (g Grant) RecordID() string        { return g.ID }

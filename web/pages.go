@@ -51,24 +51,11 @@ func (u *UI) home(w http.ResponseWriter, r *http.Request) error {
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 		return nil
 	}
-	var grants []broker.Grant
-	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
-	for {
-		page, err := u.o.Store.Grants().List(r.Context(), q)
-		if err != nil {
-			return err
-		}
-		for _, g := range page.Items {
-			if !g.Revoked() {
-				grants = append(grants, g)
-			}
-		}
-		if page.Next == "" {
-			break
-		}
-		q.After = page.Next
+	agents, err := u.agents(r, user)
+	if err != nil {
+		return err
 	}
-	u.render(w, r, http.StatusOK, "home", map[string]any{"User": user, "Grants": grants, "CSRF": u.csrfToken(w, r)})
+	u.render(w, r, http.StatusOK, "home", map[string]any{"User": user, "Agents": agents, "CSRF": u.csrfToken(w, r)})
 	return nil
 }
 
@@ -311,4 +298,71 @@ func (u *UI) revokeGrant(w http.ResponseWriter, r *http.Request) error {
 	}
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 	return nil
+}
+
+// agentView is one grant as the Agents page shows it.
+type agentView struct {
+	Grant    broker.Grant
+	Client   string // the client's own (untrusted) name, or its id
+	Resource string
+	Accounts []string
+}
+
+// agents lists the user's live grants with names resolved for display.
+func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
+	ctx := r.Context()
+	conns := map[string]string{}
+	if list, err := u.connections(r, user); err == nil {
+		for _, c := range list {
+			conns[c.ID] = c.Connector + ": " + c.Account
+		}
+	}
+	var out []agentView
+	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
+	for {
+		page, err := u.o.Store.Grants().List(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range page.Items {
+			if g.Revoked() {
+				continue
+			}
+			v := agentView{Grant: g, Client: g.ClientID, Resource: g.Resource}
+			if c, err := u.o.Store.Clients().Get(ctx, g.ClientID); err == nil && c.Name != "" {
+				v.Client = c.Name
+			}
+			if res, err := u.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource); err == nil && res.Name != "" {
+				v.Resource = res.Name
+			}
+			for _, id := range g.ConnectionIDs {
+				if name, ok := conns[id]; ok {
+					v.Accounts = append(v.Accounts, name)
+				} else {
+					v.Accounts = append(v.Accounts, "(unlinked account)")
+				}
+			}
+			out = append(out, v)
+		}
+		if page.Next == "" {
+			return out, nil
+		}
+		q.After = page.Next
+	}
+}
+
+func (u *UI) connections(r *http.Request, user broker.User) ([]broker.Connection, error) {
+	var out []broker.Connection
+	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
+	for {
+		page, err := u.o.Store.Connections().List(r.Context(), q)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page.Items...)
+		if page.Next == "" {
+			return out, nil
+		}
+		q.After = page.Next
+	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
+	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/internal/httpx"
 )
 
@@ -41,6 +42,8 @@ type Mounter interface {
 type Options struct {
 	Store broker.Store
 	Auth  *authserver.Server
+	// Links manages linked upstream accounts; nil hides those pages.
+	Links *links.Service
 	// Secure: cookies are Secure with the __Host- prefix. False only for
 	// plain-http loopback dev mode.
 	Secure bool
@@ -81,7 +84,7 @@ func New(o Options) (*UI, error) {
 	u := &UI{o: o, tmpl: map[string]*template.Template{}, cop: http.NewCrossOriginProtection(),
 		limits: newLimiter(o.LoginRate)}
 	funcs := template.FuncMap{"usercode": authserver.FormatUserCode, "join": strings.Join}
-	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done"} {
+	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done", "accounts", "link"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, err
@@ -106,6 +109,7 @@ func (u *UI) Mount(m Mounter) {
 	m.Handle(authserver.PathDevice, u.post(u.device), http.MethodPost)
 	m.Handle(authserver.PathDevice+"/decide", u.post(u.deviceDecide), http.MethodPost)
 	m.Handle("/grants/revoke", u.post(u.revokeGrant), http.MethodPost)
+	u.mountAccounts(m)
 }
 
 // pageFunc handles a page; it returns an error to show instead.

@@ -212,6 +212,12 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 		}
 		resp.RefreshToken = rt
 	}
+	if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
+		x.LastUsedAt = now
+		return x, nil
+	}); err != nil {
+		s.o.Logger.WarnContext(ctx, "record grant use", "grant", g.ID, "err", err)
+	}
 	s.o.Logger.InfoContext(ctx, "token issued", "client_id", client.ID, "user", g.UserID, "aud", g.Resource,
 		"grant", g.ID, "refresh", resp.RefreshToken != "")
 	return resp, nil
