@@ -10,6 +10,8 @@ set -euo pipefail
 APT_PACKAGES=(ca-certificates git curl gcc libc6-dev
   nodejs     # e2e/: the MCP TypeScript SDK and playwright-core (Node >= 20; ships npm)
   chromium   # e2e/: the browser playwright-core drives (/usr/bin/chromium)
+  dovecot-core dovecot-imapd  # connectors/basic: real IMAP server (internal/testenv.StartDovecot)
+  redis-server                # connectors/socket: real redis on a Unix socket (testenv.StartRedis)
 )
 
 STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
