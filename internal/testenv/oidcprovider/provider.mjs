@@ -1,0 +1,154 @@
+// A real OpenID provider (npm oidc-provider) for Go tests, started by
+// internal/testenv/oidc.go with:
+//
+//   PORT       the 127.0.0.1 port to listen on (issuer http://127.0.0.1:PORT)
+//   CLIENTS    JSON list of {client_id, client_secret, redirect_uris}
+//   ADMIN_KEY  the value of the X-Test-Admin header the test endpoints need
+//
+// PKCE (S256) is required of every client, refresh tokens are issued on every
+// code grant and rotated on every use (reusing a rotated one revokes the
+// grant), and revocation (RFC 7009) and userinfo are on. devInteractions is
+// the provider's own login page (any user name and password) and consent
+// page: plain HTML forms that testenv drives without a browser.
+//
+// Test-only endpoint, outside the provider:
+//
+//   POST /_test/revoke-all  forget every grant and token (connectortest Break)
+import http from 'node:http';
+import crypto from 'node:crypto';
+
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT);
+const adminKey = process.env.ADMIN_KEY;
+if (!port || !adminKey) {
+  console.error('PORT and ADMIN_KEY are required');
+  process.exit(2);
+}
+const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
+  client_id: c.client_id,
+  client_secret: c.client_secret || undefined,
+  token_endpoint_auth_method: c.client_secret ? 'client_secret_basic' : 'none',
+  redirect_uris: c.redirect_uris,
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+}));
+
+// A plain in-memory adapter (the built-in one is an LRU the test endpoint
+// cannot sweep).
+const store = new Map(); // "Model:id" -> { payload, exp }
+const grantable = new Set(['AccessToken', 'AuthorizationCode', 'RefreshToken', 'Grant']);
+const now = () => Date.now();
+class Adapter {
+  constructor(model) { this.model = model; }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    store.set(this.key(id), { payload, exp: expiresIn ? now() + expiresIn * 1000 : Infinity });
+  }
+
+  async find(id) {
+    const e = store.get(this.key(id));
+    if (!e) return undefined;
+    if (e.exp <= now()) {
+      store.delete(this.key(id));
+      return undefined;
+    }
+    return e.payload;
+  }
+
+  async findByUid(uid) {
+    for (const [k, e] of store) {
+      if (k.startsWith(`${this.model}:`) && e.payload.uid === uid && e.exp > now()) return e.payload;
+    }
+    return undefined;
+  }
+
+  async findByUserCode(userCode) {
+    for (const [k, e] of store) {
+      if (k.startsWith(`${this.model}:`) && e.payload.userCode === userCode && e.exp > now()) return e.payload;
+    }
+    return undefined;
+  }
+
+  async consume(id) {
+    const e = store.get(this.key(id));
+    if (e) e.payload.consumed = Math.floor(now() / 1000);
+  }
+
+  async destroy(id) { store.delete(this.key(id)); }
+
+  async revokeByGrantId(grantId) {
+    for (const [k, e] of store) {
+      if (e.payload.grantId === grantId) store.delete(k);
+    }
+  }
+}
+
+const issuer = `http://127.0.0.1:${port}`;
+const provider = new Provider(issuer, {
+  adapter: Adapter,
+  clients,
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  pkce: { required: () => true },
+  features: {
+    devInteractions: { enabled: true },
+    revocation: { enabled: true },
+    userinfo: { enabled: true },
+  },
+  scopes: ['openid', 'offline_access', 'email', 'profile'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['preferred_username', 'name'],
+  },
+  async findAccount(_ctx, id) {
+    return {
+      accountId: id,
+      async claims() {
+        return {
+          sub: id, email: `${id}@example.test`, email_verified: true, preferred_username: id, name: id,
+        };
+      },
+    };
+  },
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: () => true,
+  expiresWithSession: async () => false,
+  ttl: {
+    AccessToken: 3600,
+    AuthorizationCode: 60,
+    Grant: 86400,
+    IdToken: 3600,
+    Interaction: 600,
+    RefreshToken: 86400,
+    Session: 86400,
+  },
+});
+
+const handler = provider.callback();
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/_test/')) {
+    if (req.method !== 'POST' || req.headers['x-test-admin'] !== adminKey) {
+      res.writeHead(403).end();
+      return;
+    }
+    if (req.url === '/_test/revoke-all') {
+      let n = 0;
+      for (const [k] of store) {
+        if (grantable.has(k.slice(0, k.indexOf(':')))) {
+          store.delete(k);
+          n += 1;
+        }
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ revoked: n }));
+      return;
+    }
+    res.writeHead(404).end();
+    return;
+  }
+  handler(req, res);
+});
+server.listen(port, '127.0.0.1', () => console.log(`oidc-provider listening on ${issuer}`));
+for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => server.close(() => process.exit(0)));
