@@ -48,6 +48,14 @@ if [[ ! -f "$E2E_DIR/node_modules/.package-lock.json" || "$E2E_DIR/package-lock.
   (cd "$E2E_DIR" && npm ci --no-audit --no-fund)
 fi
 
+# The OpenID provider Go tests run against (internal/testenv/oidc.go): npm
+# oidc-provider, installed the same way.
+OIDC_DIR="$(cd "$(dirname "$0")/.." && pwd)/internal/testenv/oidcprovider"
+if [[ ! -f "$OIDC_DIR/node_modules/.package-lock.json" || "$OIDC_DIR/package-lock.json" -nt "$OIDC_DIR/node_modules/.package-lock.json" ]]; then
+  echo "setup: npm ci in internal/testenv/oidcprovider/" >&2
+  (cd "$OIDC_DIR" && npm ci --no-audit --no-fund)
+fi
+
 # Tools go to GOPATH/bin whatever GOBIN the caller set, so that test.sh finds
 # them on the PATH it builds.
 GOBIN="$(go env GOPATH)/bin"
