@@ -203,7 +203,9 @@ func (s *Server) LookupDevice(ctx context.Context, userCode string, user broker.
 func (s *Server) DecideDevice(ctx context.Context, userCode string, user broker.User, d Decision) error {
 	code := NormalizeUserCode(userCode)
 	dev, err := s.o.Store.DeviceCodes().GetBy(ctx, broker.IndexUserCode, code)
-	if err != nil {
+	if err != nil || dev.Status != broker.DevicePending || !dev.Consumed.IsZero() {
+		// Checked before grantFor: a grant is remembered consent, so one
+		// must not be created or widened for a code already decided.
 		return ErrUnknownUserCode
 	}
 	var grantID string

@@ -980,6 +980,20 @@ func TestDeviceFlowDenied(t *testing.T) {
 	if s, out := e.pollDevice(publicClient, dc); s == 200 {
 		t.Errorf("token for a denied code: %v", out)
 	}
+	// The refused approval left no grant behind: a grant is remembered
+	// consent, and would let the client skip the consent screen.
+	grants, err := e.store.Grants().List(context.Background(), broker.Query{Index: broker.IndexUser, Value: "id-alice", Limit: broker.MaxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(grants.Items) != 0 {
+		t.Errorf("approving a denied device code created or changed grants: %+v", grants.Items)
+	}
+	conf := e.oauthConfig(publicClient, "")
+	resp, _ := b.get(conf.AuthCodeURL("s", oauth2.S256ChallengeOption(pkce()), oauth2.SetAuthURLParam("resource", resourceURI)))
+	if resp, _ := b.get(resp.Header.Get("Location")); resp.StatusCode != http.StatusOK {
+		t.Errorf("code flow after a refused device approval: %d %q; want the consent screen", resp.StatusCode, resp.Header.Get("Location"))
+	}
 }
 
 func TestDeviceCodeExpired(t *testing.T) {
