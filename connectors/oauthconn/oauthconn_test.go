@@ -417,7 +417,9 @@ func TestTokenEndpointFailures(t *testing.T) {
 		want error
 	}{
 		{"500", jsonHandler(500, `{"error":"server_error"}`), connectors.ErrUpstream},
-		{"502 HTML", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "<html>bad gateway</html>", http.StatusBadGateway) }, connectors.ErrUpstream},
+		{"502 HTML", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "<html>bad gateway</html>", http.StatusBadGateway)
+		}, connectors.ErrUpstream},
 		{"MalformedJSON", jsonHandler(200, `{"access_token": "x", `), connectors.ErrUpstream},
 		{"NoAccessToken", jsonHandler(200, `{"token_type":"Bearer"}`), connectors.ErrUpstream},
 		{"InvalidGrant", jsonHandler(400, `{"error":"invalid_grant","error_description":"grant revoked"}`), connectors.ErrNeedsRelink},
@@ -545,5 +547,59 @@ func TestMaterializeAndExpiry(t *testing.T) {
 	}
 	if err := c.RevokeUpstream(context.Background(), live); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("RevokeUpstream without an endpoint = %v, want ErrUnsupported", err)
+	}
+}
+
+func TestUserinfo(t *testing.T) {
+	var mode atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer at" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		switch mode.Load() {
+		case "huge":
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"sub":"`))
+			for i := 0; i < 32; i++ { // 2 MiB
+				if _, err := w.Write([]byte(strings.Repeat("x", 64<<10))); err != nil {
+					return
+				}
+			}
+			_, _ = w.Write([]byte(`"}`))
+		case "500":
+			w.WriteHeader(http.StatusInternalServerError)
+		case "slack":
+			_, _ = w.Write([]byte(`{"ok":false,"error":"invalid_auth"}`))
+		default:
+			_, _ = w.Write([]byte(`{"sub":"123","login":"octocat"}`))
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, err := oauthconn.New(context.Background(), "u", "U", config.OAuth2Connector{
+		AuthURL: srv.URL + "/a", TokenURL: srv.URL + "/t", UserInfoURL: srv.URL + "/me", ClientID: "c",
+	}, oauthconn.Options{Dev: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := broker.NewSecret(map[string]string{"access_token": "at"})
+	for _, tc := range []struct {
+		mode string
+		want error
+	}{
+		{"ok", nil},
+		{"huge", connectors.ErrUpstream},
+		{"500", connectors.ErrUpstream},
+		{"slack", connectors.ErrNeedsRelink},
+	} {
+		mode.Store(tc.mode)
+		err := c.Verify(context.Background(), live)
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("%s: Verify = %v, want %v", tc.mode, err, tc.want)
+		}
+	}
+	mode.Store("ok")
+	if err := c.Verify(context.Background(), broker.NewSecret(map[string]string{"access_token": "other"})); !errors.Is(err, connectors.ErrNeedsRelink) {
+		t.Errorf("Verify of a refused token = %v, want ErrNeedsRelink", err)
 	}
 }
