@@ -109,6 +109,13 @@ service imap-login {
     port = %[3]s
   }
 %[4]s}
+# No auth penalty (anvil delays the next login from an IP by seconds after
+# a failed one), which tests that fail logins on purpose would wait out.
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%%u %[1]s/users
