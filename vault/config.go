@@ -25,9 +25,11 @@ const (
 // plain data; New validates it and reports every problem at once. Exactly one
 // of Token and AppRole must be set.
 //
-// The store never reads VAULT_* environment variables, nor the proxy ones
-// (HTTP_PROXY, HTTPS_PROXY, NO_PROXY): wiring code decides where
-// configuration comes from.
+// Only Config decides where the store connects and what it sends: VAULT_*
+// environment variables and the proxy ones (HTTP_PROXY, HTTPS_PROXY,
+// NO_PROXY) have no effect, so wiring code decides where configuration comes
+// from. The Vault client library still parses the VAULT_* variables when New
+// builds it, and fails on a malformed one; New reports which.
 type Config struct {
 	// Address is the Vault URL, for example "https://vault.internal:8200".
 	// A plain http:// address is refused unless its host is a loopback

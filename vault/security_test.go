@@ -79,10 +79,12 @@ func exercise(t *testing.T, s *vault.Store) {
 	}
 }
 
-// TestIgnoresEnvironment: VAULT_* and proxy variables change nothing. The
-// API client of github.com/hashicorp/vault/api would add VAULT_HEADERS to
-// every request (next to the token), send VAULT_NAMESPACE, and refuse to be
-// built at all with a malformed VAULT_CACERT, VAULT_MAX_RETRIES, etc.
+// TestIgnoresEnvironment: VAULT_* and proxy variables change nothing that is
+// sent, nor where. github.com/hashicorp/vault/api would add VAULT_HEADERS to
+// every request (next to the token), send VAULT_TOKEN and VAULT_NAMESPACE,
+// response-wrap every answer with VAULT_WRAP_TTL, and use VAULT_ADDR and the
+// proxies; the store undoes all of it. A malformed variable is different: the
+// library refuses to start, and New says which variable to fix or unset.
 func TestIgnoresEnvironment(t *testing.T) {
 	addr, token := testenv.Vault(t)
 	root := rootClient(t, addr, token)
@@ -130,26 +132,72 @@ func TestIgnoresEnvironment(t *testing.T) {
 	t.Run("Headers", func(t *testing.T) {
 		t.Setenv("VAULT_HEADERS", `{"X-Env-Header": "leak"}`)
 		t.Setenv("VAULT_NAMESPACE", "env-namespace")
+		t.Setenv("VAULT_WRAP_TTL", "5m")
+		t.Setenv("VAULT_MAX_RETRIES", "5")
+		t.Setenv("VAULT_CLIENT_TIMEOUT", "1s")
+		t.Setenv("VAULT_DISABLE_REDIRECTS", "false")
 		rec := newRecorder(t, addr)
 		s := newStore(t, vault.Config{Address: rec.URL, Token: broker.SecretString(token), Prefix: uniquePrefix(t, root)})
 		exercise(t, s)
 		check(t, rec)
 	})
 
+	// The library parses every VAULT_* variable when the client is built,
+	// and fails on a malformed one even though the store ignores it: New
+	// fails too, with an error that names the variable and says why.
 	t.Run("Malformed", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, value string
+			also        map[string]string
+		}{
+			{"VAULT_HEADERS", `{"X-Vault-Forbidden": 1`, nil},
+			{"VAULT_HEADERS", `{"X-Vault-Forbidden": "1"}`, nil},
+			{"VAULT_CACERT", "/nonexistent/ca.pem", nil},
+			{"VAULT_CAPATH", "/nonexistent-dir", nil},
+			{"VAULT_CLIENT_CERT", "/nonexistent/cert.pem", nil},
+			{"VAULT_CLIENT_CERT", "/nonexistent/cert.pem", map[string]string{"VAULT_CLIENT_KEY": "/nonexistent/key.pem"}},
+			{"VAULT_MAX_RETRIES", "not-a-number", nil},
+			{"VAULT_CLIENT_TIMEOUT", "not-a-duration", nil},
+			{"VAULT_SKIP_VERIFY", "maybe", nil},
+			{"VAULT_RATE_LIMIT", "fast", nil},
+			{"VAULT_SRV_LOOKUP", "perhaps", nil},
+			{"VAULT_DISABLE_REDIRECTS", "perhaps", nil},
+			{"VAULT_PROXY_ADDR", "http://user:proxy-password@bad host/", nil}, // supersedes VAULT_HTTP_PROXY
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Setenv(tc.name, tc.value)
+				for k, v := range tc.also {
+					t.Setenv(k, v)
+				}
+				_, err := vault.New(t.Context(), vault.Config{Address: addr, Token: broker.SecretString(token)})
+				if err == nil {
+					t.Fatalf("New with %s=%q succeeded; the library parses it and should have refused", tc.name, tc.value)
+				}
+				msg := err.Error()
+				t.Logf("%s: %v", tc.name, msg)
+				if !errors.Is(err, broker.ErrInvalid) {
+					t.Errorf("error does not wrap ErrInvalid")
+				}
+				for _, want := range []string{"fix or unset " + tc.name, "must be valid or unset", "own configuration"} {
+					if !strings.Contains(msg, want) {
+						t.Errorf("error does not say %q", want)
+					}
+				}
+				for _, secret := range []string{token, "hvs.from-the-environment", "proxy-password"} {
+					if strings.Contains(msg, secret) {
+						t.Errorf("error reveals %q", secret)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("Valid", func(t *testing.T) {
+		// Well-formed values the store does not use are harmless.
 		for name, v := range map[string]string{
-			"VAULT_HEADERS":           `{"X-Vault-Forbidden": 1`,
-			"VAULT_CACERT":            "/nonexistent/ca.pem",
-			"VAULT_CAPATH":            "/nonexistent",
-			"VAULT_CLIENT_CERT":       "/nonexistent/cert.pem",
-			"VAULT_CLIENT_KEY":        "/nonexistent/key.pem",
-			"VAULT_MAX_RETRIES":       "not-a-number",
-			"VAULT_CLIENT_TIMEOUT":    "not-a-duration",
-			"VAULT_SKIP_VERIFY":       "maybe",
-			"VAULT_RATE_LIMIT":        "fast",
-			"VAULT_SRV_LOOKUP":        "perhaps",
-			"VAULT_DISABLE_REDIRECTS": "perhaps",
-			"VAULT_NAMESPACE":         "env-namespace",
+			"VAULT_SKIP_VERIFY": "true",
+			"VAULT_RATE_LIMIT":  "0.001:1",
+			"VAULT_SRV_LOOKUP":  "true",
 		} {
 			t.Setenv(name, v)
 		}

@@ -5,22 +5,37 @@
 // A secret with key owner/name lives at <mount>/data/<prefix>/<owner>/<name>,
 // its fields stored as a map of strings. The store authenticates with a
 // static token or with AppRole; an AppRole token is renewed in the
-// background and replaced by logging in again when it reaches its maximum
-// lifetime (the replaced token is revoked). A sealed, unreachable or slow
-// Vault yields errors wrapping broker.ErrUnavailable within Config.Timeout.
+// background (api.LifetimeWatcher) and replaced by logging in again when it
+// reaches its maximum lifetime (the replaced token is revoked). A sealed,
+// unreachable or slow Vault yields errors wrapping broker.ErrUnavailable
+// within Config.Timeout.
 //
-// The store talks to Vault's HTTP API with a small client of its own rather
-// than github.com/hashicorp/vault/api, which takes its address, token,
-// namespace, extra headers, TLS settings and proxy from VAULT_* and proxy
-// environment variables and follows redirects with the token. Here only
-// Config decides: no environment variable is read, no proxy is used, a
-// redirect is an error, and only reads are retried.
+// It is the only package of the module that imports
+// github.com/hashicorp/vault/api, and it talks to Vault only through it
+// (KVv2, Logical, Sys, Auth with api/auth/approle). Only Config decides where
+// requests go and what they carry, although the library reads VAULT_*
+// environment variables:
+//   - the client is built with an api.Config of the store's own: its HTTP
+//     client has no proxy (neither HTTP(S)_PROXY nor VAULT_HTTP_PROXY), the
+//     CA certificates of Config.CACert, and refuses redirects, so the token
+//     is never sent to another address; the library's retries are off;
+//   - what api.NewClient takes from the environment is undone right after:
+//     the token (VAULT_TOKEN), the namespace (VAULT_NAMESPACE) and extra
+//     headers (VAULT_HEADERS); response wrapping (VAULT_WRAP_TTL) is turned
+//     off; each call sets the token it uses explicitly;
+//   - api.NewClient fails on a malformed VAULT_* variable (VAULT_CACERT
+//     naming a missing file, say). New then fails with an error that names
+//     the variable to fix or unset.
+//
+// Reads are retried once after a network error or a 5xx answer; writes are
+// never sent twice.
 //
 // The embedded alternative for single-binary use lives in vault/sealed.
 package vault
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,9 +43,13 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/hashicorp/vault/api/auth/approle"
 
 	"github.com/lanyardhq/lanyard/broker"
 )
@@ -48,7 +67,9 @@ const reloginInterval = 30 * time.Second
 type Store struct {
 	cfg Config
 	log *slog.Logger
-	c   *client
+	// base is the API client. It is never given a token nor changed after
+	// New: calls go through as, which names the token.
+	base *api.Client
 
 	tokMu sync.Mutex
 	tok   string // the current token; "" until the first login
@@ -61,7 +82,7 @@ type Store struct {
 	lookupDenied bool
 	// fresh hands a token obtained outside the keep-alive goroutine (a
 	// re-login after "permission denied") to it, so it watches that token.
-	fresh chan *authInfo
+	fresh chan *api.Secret
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -74,21 +95,24 @@ var _ broker.SecretStore = (*Store)(nil)
 // AppRole it logs in once: invalid credentials are an error, while a sealed
 // or unreachable Vault is not (the store keeps trying in the background and
 // answers broker.ErrUnavailable until it succeeds).
+//
+// New fails if a VAULT_* environment variable is malformed (see the package
+// documentation), with an error wrapping broker.ErrInvalid that names it.
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 
-	c, err := newClient(cfg)
+	base, err := newClient(cfg)
 	if err != nil {
 		return nil, err
 	}
 	s := &Store{
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", component),
-		c:     c,
-		fresh: make(chan *authInfo, 1),
+		base:  base,
+		fresh: make(chan *api.Secret, 1),
 		done:  make(chan struct{}),
 	}
 	if cfg.AppRole == nil {
@@ -109,6 +133,19 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s.stop = stop
 	go s.keepAlive(bg, first)
 	return s, nil
+}
+
+// as returns a client that sends token ("" for none) with every request. It
+// is a shallow copy of the base client (same configuration, transport and
+// headers) with a token of its own: the store needs a token per call (the
+// current one, the one being revoked or looked up, none for a login), and
+// setting the token of a shared client would race. Client.Clone is not
+// used: it calls api.NewClient, which reads VAULT_TOKEN, VAULT_NAMESPACE and
+// VAULT_HEADERS again.
+func (s *Store) as(token string) *api.Client {
+	c := s.base.WithRequestCallbacks()
+	c.SetToken(token)
+	return c
 }
 
 // Close stops the background token renewal. It does not revoke the token.
@@ -136,41 +173,49 @@ func (s *Store) setToken(t string) (old string) {
 
 // login logs in with AppRole, makes the new token current and revokes the
 // one it replaces. Its errors never contain the secret id.
-func (s *Store) login(ctx context.Context) (*authInfo, error) {
+func (s *Store) login(ctx context.Context) (*api.Secret, error) {
 	s.loginMu.Lock()
-	a, old, err := s.loginLocked(ctx)
+	sec, old, err := s.loginLocked(ctx)
 	s.loginMu.Unlock()
 	s.revoke(ctx, old)
-	return a, err
+	return sec, err
 }
 
 // loginLocked is login for a caller that holds loginMu; it leaves revoking
 // the replaced token (returned as old) to the caller.
-func (s *Store) loginLocked(ctx context.Context) (a *authInfo, old string, err error) {
+func (s *Store) loginLocked(ctx context.Context) (sec *api.Secret, old string, err error) {
 	start := time.Now()
 	defer func() { s.cfg.Observer.Observe(component, "login", start, err) }()
 
 	ar := s.cfg.AppRole
+	auth, err := approle.NewAppRoleAuth(ar.RoleID,
+		&approle.SecretID{FromString: ar.SecretID.Reveal()}, approle.WithMountPath(ar.MountPath))
+	if err != nil {
+		return nil, "", fmt.Errorf("vault approle login: %w: %w", err, broker.ErrInvalid)
+	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	var resp struct {
-		Auth *authInfo `json:"auth"`
-	}
-	err = s.c.do(cctx, request{
-		method: http.MethodPost,
-		path:   "auth/" + ar.MountPath + "/login",
-		body:   map[string]string{"role_id": ar.RoleID, "secret_id": ar.SecretID.Reveal()},
-	}, &resp)
+	// Login sets the token of the client it is given: a throwaway one, that
+	// sends no token with the login itself.
+	sec, err = s.as("").Auth().Login(cctx, auth)
 	if err != nil {
 		return nil, "", classify(ctx, "approle login", ar.MountPath, err, s.cfg.Timeout)
 	}
-	if resp.Auth == nil || resp.Auth.ClientToken == "" {
+	if sec == nil || sec.Auth == nil || sec.Auth.ClientToken == "" {
 		return nil, "", fmt.Errorf("vault approle login: response carries no token")
 	}
 	s.lastLogin = time.Now()
-	old = s.setToken(resp.Auth.ClientToken)
-	s.log.Info("vault approle login succeeded", "ttl", resp.Auth.ttl(), "renewable", resp.Auth.Renewable)
-	return resp.Auth, old, nil
+	old = s.setToken(sec.Auth.ClientToken)
+	s.log.Info("vault approle login succeeded", "ttl", leaseOf(sec), "renewable", sec.Auth.Renewable)
+	return sec, old, nil
+}
+
+// leaseOf returns the lifetime of the token in an auth answer.
+func leaseOf(sec *api.Secret) time.Duration {
+	if sec == nil || sec.Auth == nil {
+		return 0
+	}
+	return time.Duration(sec.Auth.LeaseDuration) * time.Second
 }
 
 // revoke revokes token (auth/token/revoke-self), best effort: a token that
@@ -182,8 +227,7 @@ func (s *Store) revoke(ctx context.Context, token string) {
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(s.cfg.Timeout, 2*time.Second))
 	defer cancel()
-	err := s.c.do(cctx, request{method: http.MethodPost, path: "auth/token/revoke-self", token: token}, nil)
-	if err != nil {
+	if err := s.as(token).Auth().Token().RevokeSelfWithContext(cctx, token); err != nil {
 		s.log.Debug("vault: revoking the replaced token failed", "err", classify(cctx, "revoke-self", "", err, s.cfg.Timeout))
 		return
 	}
@@ -196,7 +240,9 @@ func (s *Store) revoke(ctx context.Context, token string) {
 func (s *Store) tokenValid(ctx context.Context, token string) (valid, known bool) {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	err := s.c.do(cctx, request{method: http.MethodGet, path: "auth/token/lookup-self", token: token}, nil)
+	_, err := read(cctx, func(ctx context.Context) (*api.Secret, error) {
+		return s.as(token).Auth().Token().LookupSelfWithContext(ctx)
+	})
 	switch {
 	case err == nil:
 		return true, true
@@ -237,11 +283,11 @@ func (s *Store) relogin(ctx context.Context, stale string) bool {
 		s.loginMu.Unlock()
 		return false
 	}
-	a, old, err := s.loginLocked(ctx)
+	sec, old, err := s.loginLocked(ctx)
 	if err == nil && known && !s.lookupDenied {
 		// If even the brand-new token may not look itself up, lookup-self
 		// says nothing about validity: rate-limit from now on.
-		if ok, sure := s.tokenValid(ctx, a.ClientToken); sure && !ok {
+		if ok, sure := s.tokenValid(ctx, sec.Auth.ClientToken); sure && !ok {
 			s.lookupDenied = true
 			s.log.Warn("vault: the approle's policy does not allow auth/token/lookup-self; " +
 				"re-logins after a permission-denied answer are limited to one per 30s")
@@ -254,7 +300,7 @@ func (s *Store) relogin(ctx context.Context, stale string) bool {
 	s.revoke(ctx, old)
 	for { // never block: replace a token keepAlive has not picked up yet
 		select {
-		case s.fresh <- a:
+		case s.fresh <- sec:
 			return true
 		default:
 		}
@@ -265,17 +311,18 @@ func (s *Store) relogin(ctx context.Context, stale string) bool {
 	}
 }
 
-// keepAlive renews the AppRole token and, when it can no longer be renewed
-// (maximum TTL reached, renewal failed), logs in again with exponential
-// back-off. It runs until ctx is cancelled.
-func (s *Store) keepAlive(ctx context.Context, a *authInfo) {
+// keepAlive renews the AppRole token with an api.LifetimeWatcher and, when
+// the watcher gives up (maximum lifetime reached, renewal failing until the
+// token expires), logs in again with exponential back-off. It runs until
+// ctx is cancelled.
+func (s *Store) keepAlive(ctx context.Context, sec *api.Secret) {
 	defer close(s.done)
 	backoff := 250 * time.Millisecond
 	const maxBackoff = 30 * time.Second
 	for {
-		if a == nil {
+		if sec == nil {
 			var err error
-			a, err = s.login(ctx)
+			sec, err = s.login(ctx)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -290,9 +337,57 @@ func (s *Store) keepAlive(ctx context.Context, a *authInfo) {
 			}
 			backoff = 250 * time.Millisecond
 		}
-		a = s.renew(ctx, a)
+		if leaseOf(sec) <= 0 { // a token without TTL never expires: nothing to renew
+			select {
+			case <-ctx.Done():
+				return
+			case sec = <-s.fresh:
+				continue
+			}
+		}
+		// The watcher renews with auth/token/renew-self and the token of
+		// sec, not the client's (the base client has none).
+		w, err := s.base.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: sec})
+		if err != nil {
+			s.log.Warn("vault token watcher", "err", err)
+			sec = nil
+			continue
+		}
+		go w.Start()
+		var ended bool
+		sec, ended = s.watch(ctx, w)
+		if !ended {
+			w.Stop()
+			<-w.DoneCh() // Start sends once; after Stop it returns promptly
+		}
 		if ctx.Err() != nil {
 			return
+		}
+	}
+}
+
+// watch waits for the watcher to end, for a token from relogin, or for ctx.
+// It returns the token to watch next (nil: log in again) and whether the
+// watcher ended by itself (its DoneCh was read).
+func (s *Store) watch(ctx context.Context, w *api.LifetimeWatcher) (*api.Secret, bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case sec := <-s.fresh:
+			return sec, false
+		case r := <-w.RenewCh():
+			if r != nil {
+				s.log.Debug("vault token renewed", "ttl", leaseOf(r.Secret))
+			}
+		case err := <-w.DoneCh():
+			if err != nil {
+				s.log.Warn("vault token renewal stopped; logging in again",
+					"err", classify(ctx, "renew-self", "", err, s.cfg.Timeout))
+			} else {
+				s.log.Info("vault token reached its maximum lifetime; logging in again")
+			}
+			return nil, true
 		}
 	}
 }
@@ -306,67 +401,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
-	}
-}
-
-// renew keeps the token of a alive, renewing it when two thirds of its TTL
-// have passed, until it cannot be renewed any more, relogin hands over
-// another token, or ctx ends. It returns the token to keep alive next (nil:
-// log in again).
-func (s *Store) renew(ctx context.Context, a *authInfo) *authInfo {
-	ttl := a.ttl()
-	expires := time.Now().Add(ttl)
-	final := !a.Renewable // the next deadline is a re-login, not a renewal
-	for {
-		var due <-chan time.Time
-		stop := func() bool { return false }
-		if ttl > 0 { // a token without TTL never expires
-			t := time.NewTimer(time.Until(expires) * 2 / 3)
-			due, stop = t.C, t.Stop
-		}
-		select {
-		case <-ctx.Done():
-			stop()
-			return nil
-		case next := <-s.fresh:
-			stop()
-			return next
-		case <-due:
-		}
-		if final {
-			s.log.Info("vault token reached its maximum lifetime; logging in again")
-			return nil
-		}
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-		var resp struct {
-			Auth *authInfo `json:"auth"`
-		}
-		err := s.c.do(cctx, request{
-			method: http.MethodPost,
-			path:   "auth/token/renew-self",
-			token:  a.ClientToken,
-			body:   map[string]int{"increment": a.LeaseDuration},
-		}, &resp)
-		cancel()
-		if err == nil && resp.Auth == nil {
-			err = errors.New("response carries no lease")
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.log.Warn("vault token renewal failed; logging in again", "err", classify(ctx, "renew", "", err, s.cfg.Timeout))
-			return nil
-		}
-		got := resp.Auth.ttl()
-		s.log.Debug("vault token renewed", "ttl", got)
-		if got <= 0 {
-			s.log.Info("vault token reached its maximum lifetime; logging in again")
-			return nil
-		}
-		// A shorter lease than asked for is capped by the maximum TTL.
-		final = got < ttl || !resp.Auth.Renewable
-		expires = time.Now().Add(got)
 	}
 }
 
@@ -411,26 +445,33 @@ var (
 // before giving up to concurrent writers.
 const casAnyTries = 3
 
-// classify turns an error of the client into one wrapping a broker
+// classify turns an error of the API client into one wrapping a broker
 // sentinel. The message names the operation and key, never a secret: Vault's
-// own error strings are kept, a response body is not.
+// own error strings are kept; a response body that is not Vault's JSON, and
+// the library's own rendering of an answer, are not.
 func classify(ctx context.Context, op, key string, err error, timeout time.Duration) error {
 	where := where(op, key)
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("%s: %w", where, cerr)
 	}
-	var re *responseError
+	var rd *redirectError
+	if errors.As(err, &rd) {
+		return fmt.Errorf("%s: %s", where, rd)
+	}
+	if errors.Is(err, api.ErrSecretNotFound) {
+		return fmt.Errorf("%s: %w", where, broker.ErrNotFound)
+	}
+	var re *api.ResponseError
 	if errors.As(err, &re) {
-		sealed := re.says("sealed")
-		switch {
-		case sealed || re.StatusCode == http.StatusServiceUnavailable ||
-			re.StatusCode == http.StatusBadGateway || re.StatusCode == http.StatusGatewayTimeout ||
-			re.StatusCode == http.StatusTooManyRequests:
-			return fmt.Errorf("%s: %s: %w", where, re, broker.ErrUnavailable)
-		case re.StatusCode == http.StatusNotFound:
-			return fmt.Errorf("%s: %s: %w", where, re, broker.ErrNotFound)
+		switch st := re.StatusCode; {
+		case says(err, "sealed") || st == http.StatusServiceUnavailable ||
+			st == http.StatusBadGateway || st == http.StatusGatewayTimeout ||
+			st == http.StatusTooManyRequests:
+			return fmt.Errorf("%s: %s: %w", where, answer(re), broker.ErrUnavailable)
+		case st == http.StatusNotFound:
+			return fmt.Errorf("%s: %s: %w", where, answer(re), broker.ErrNotFound)
 		default:
-			return fmt.Errorf("%s: %s", where, re)
+			return fmt.Errorf("%s: %s", where, answer(re))
 		}
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -457,85 +498,68 @@ func (s *Store) path(k broker.SecretKey) string {
 	return s.cfg.Prefix + "/" + k.Owner + "/" + k.Name
 }
 
-// versionMeta is the metadata of one version of a KV v2 secret.
-type versionMeta struct {
-	Version      int    `json:"version"`
-	DeletionTime string `json:"deletion_time"`
-	Destroyed    bool   `json:"destroyed"`
+// kv returns the KV v2 client of the store's mount, sending token.
+func (s *Store) kv(token string) *api.KVv2 {
+	return s.as(token).KVv2(s.cfg.Mount)
 }
 
 // gone reports whether the version is deleted or destroyed, that is absent
 // for Get and for creation. A deletion time still in the future (a mount
 // with delete_version_after) is not a deletion yet: Vault still serves it.
-func (v versionMeta) gone() bool {
-	if v.Destroyed {
-		return true
-	}
-	if v.DeletionTime == "" {
-		return false
-	}
-	t, err := time.Parse(time.RFC3339Nano, v.DeletionTime)
-	return err != nil || !t.After(time.Now())
+func gone(v api.KVVersionMetadata) bool {
+	return v.Destroyed || (!v.DeletionTime.IsZero() && !v.DeletionTime.After(time.Now()))
 }
 
 // write writes data at p, with check-and-set version cas unless it is nil,
-// and returns the new version.
-func (s *Store) write(ctx context.Context, token, p string, data map[string]string, cas *int) (int, error) {
-	body := map[string]any{"data": data}
+// and returns the new version. It is sent once.
+func (s *Store) write(ctx context.Context, token, p string, data map[string]any, cas *int) (int, error) {
+	var opts []api.KVOption
 	if cas != nil {
-		body["options"] = map[string]any{"cas": *cas}
+		opts = append(opts, api.WithCheckAndSet(*cas))
 	}
-	var resp struct {
-		Data *versionMeta `json:"data"`
-	}
-	err := s.c.do(ctx, request{method: http.MethodPost, path: s.cfg.Mount + "/data/" + p, token: token, body: body}, &resp)
-	var re *responseError
-	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest {
+	res, err := s.kv(token).Put(ctx, p, data, opts...)
+	if statusOf(err) == http.StatusBadRequest {
 		switch {
-		case re.says("check-and-set parameter did not match"):
+		case says(err, "check-and-set parameter did not match"):
 			return 0, errCASMismatch
-		case re.says("check-and-set parameter required"):
+		case says(err, "check-and-set parameter required"):
 			return 0, errCASRequired
 		}
 	}
 	if err != nil {
 		return 0, err
 	}
-	if resp.Data == nil || resp.Data.Version <= 0 {
+	if res == nil || res.VersionMetadata == nil || res.VersionMetadata.Version <= 0 {
 		return 0, fmt.Errorf("response carries no version")
 	}
-	return resp.Data.Version, nil
+	return res.VersionMetadata.Version, nil
 }
 
 // current returns the current version of the secret at p (0 if there is no
 // metadata) and whether that version is deleted or destroyed.
-func (s *Store) current(ctx context.Context, token, p string) (version int, gone bool, err error) {
-	var resp struct {
-		Data *struct {
-			CurrentVersion int                    `json:"current_version"`
-			Versions       map[string]versionMeta `json:"versions"`
-		} `json:"data"`
-	}
-	err = s.c.do(ctx, request{method: http.MethodGet, path: s.cfg.Mount + "/metadata/" + p, token: token}, &resp)
-	if statusOf(err) == http.StatusNotFound {
+func (s *Store) current(ctx context.Context, token, p string) (version int, isGone bool, err error) {
+	md, err := read(ctx, func(ctx context.Context) (*api.KVMetadata, error) {
+		return s.kv(token).GetMetadata(ctx, p)
+	})
+	if errors.Is(err, api.ErrSecretNotFound) {
 		return 0, true, nil
 	}
 	if err != nil {
 		return 0, false, err
 	}
-	if resp.Data == nil {
+	if md == nil {
 		return 0, false, fmt.Errorf("metadata response carries no data")
 	}
-	cur := resp.Data.CurrentVersion
+	cur := md.CurrentVersion
 	if cur == 0 {
 		return 0, true, nil
 	}
-	v, ok := resp.Data.Versions[fmt.Sprint(cur)]
-	return cur, !ok || v.gone(), nil
+	v, ok := md.Versions[strconv.Itoa(cur)]
+	return cur, !ok || gone(v), nil
 }
 
 // put writes data at p under the check-and-set rule cas (see Put).
-func (s *Store) put(ctx context.Context, token, p string, data map[string]string, cas int) (int, error) {
+func (s *Store) put(ctx context.Context, token, p string, data map[string]any, cas int) (int, error) {
 	switch cas {
 	case broker.CASAny:
 		v, err := s.write(ctx, token, p, data, nil)
@@ -565,11 +589,11 @@ func (s *Store) put(ctx context.Context, token, p string, data map[string]string
 		// Vault has a version, but if it is deleted or destroyed Get reports
 		// the secret absent, so creating it must work too: write over that
 		// version. If it changes meanwhile, someone else created the secret.
-		cur, gone, err := s.current(ctx, token, p)
+		cur, isGone, err := s.current(ctx, token, p)
 		if err != nil {
 			return 0, err
 		}
-		if !gone {
+		if !isGone {
 			return 0, errCASMismatch
 		}
 		return s.write(ctx, token, p, data, &cur)
@@ -588,11 +612,13 @@ func (s *Store) Put(ctx context.Context, key broker.SecretKey, sec broker.Secret
 	if cas < broker.CASAny {
 		return 0, fmt.Errorf("vault put %s: check-and-set version %d: %w", key, cas, broker.ErrInvalid)
 	}
-	data := sec.Fields()
-	if data == nil {
-		data = map[string]string{} // JSON {}, not null
-	}
+	fields := sec.Fields()
+	defer clear(fields)
+	data := make(map[string]any, len(fields)) // never nil: JSON {}, not null
 	defer clear(data)
+	for name, v := range fields {
+		data[name] = v
+	}
 	var version int
 	err := s.call(ctx, "put", key.String(), func(ctx context.Context, token string) error {
 		v, err := s.put(ctx, token, s.path(key), data, cas)
@@ -617,24 +643,25 @@ func (s *Store) Get(ctx context.Context, key broker.SecretKey) (broker.Secret, i
 	if err := key.Validate(); err != nil {
 		return broker.Secret{}, 0, fmt.Errorf("vault get: %w", err)
 	}
-	var resp struct {
-		Data *struct {
-			Data     map[string]any `json:"data"`
-			Metadata *versionMeta   `json:"metadata"`
-		} `json:"data"`
-	}
+	var kvs *api.KVSecret
 	err := s.call(ctx, "get", key.String(), func(ctx context.Context, token string) error {
-		return s.c.do(ctx, request{method: http.MethodGet, path: s.cfg.Mount + "/data/" + s.path(key), token: token}, &resp)
+		var err error
+		kvs, err = read(ctx, func(ctx context.Context) (*api.KVSecret, error) {
+			return s.kv(token).Get(ctx, s.path(key))
+		})
+		return err
 	})
 	if err != nil {
 		return broker.Secret{}, 0, err
 	}
-	if resp.Data == nil || resp.Data.Data == nil || resp.Data.Metadata == nil || resp.Data.Metadata.gone() {
+	defer clear(kvs.Data) // also the raw answer's: the same map
+	md := kvs.VersionMetadata
+	if kvs.Data == nil || md == nil || gone(*md) {
 		return broker.Secret{}, 0, fmt.Errorf("vault get %s: %w", key, broker.ErrNotFound)
 	}
-	fields := make(map[string]string, len(resp.Data.Data))
+	fields := make(map[string]string, len(kvs.Data))
 	defer clear(fields)
-	for name, v := range resp.Data.Data {
+	for name, v := range kvs.Data {
 		str, ok := v.(string)
 		if !ok {
 			// Name the field and its type, never its value.
@@ -642,17 +669,17 @@ func (s *Store) Get(ctx context.Context, key broker.SecretKey) (broker.Secret, i
 		}
 		fields[name] = str
 	}
-	return broker.NewSecret(fields), resp.Data.Metadata.Version, nil
+	return broker.NewSecret(fields), md.Version, nil
 }
 
-// jsonType names the JSON type of a decoded value.
+// jsonType names the JSON type of a value decoded by the API client.
 func jsonType(v any) string {
 	switch v.(type) {
 	case nil:
 		return "null"
 	case bool:
 		return "boolean"
-	case float64:
+	case json.Number, float64:
 		return "number"
 	case []any:
 		return "array"
@@ -671,12 +698,13 @@ func (s *Store) Delete(ctx context.Context, key broker.SecretKey) error {
 	if err := key.Validate(); err != nil {
 		return fmt.Errorf("vault delete: %w", err)
 	}
-	p := s.cfg.Mount + "/metadata/" + s.path(key)
+	p := s.path(key)
 	return s.call(ctx, "delete", key.String(), func(ctx context.Context, token string) error {
-		if err := s.c.do(ctx, request{method: http.MethodGet, path: p, token: token}, nil); err != nil {
+		kv := s.kv(token)
+		if _, err := read(ctx, func(ctx context.Context) (*api.KVMetadata, error) { return kv.GetMetadata(ctx, p) }); err != nil {
 			return err
 		}
-		return s.c.do(ctx, request{method: http.MethodDelete, path: p, token: token}, nil)
+		return kv.DeleteMetadata(ctx, p)
 	})
 }
 
@@ -685,31 +713,24 @@ func (s *Store) List(ctx context.Context, owner string) ([]broker.SecretKey, err
 	if err := broker.ValidateOwner(owner); err != nil {
 		return nil, fmt.Errorf("vault list: %w", err)
 	}
-	var resp struct {
-		Data *struct {
-			Keys []any `json:"keys"`
-		} `json:"data"`
-	}
+	var sec *api.Secret
 	err := s.call(ctx, "list", owner+"/", func(ctx context.Context, token string) error {
-		err := s.c.do(ctx, request{
-			method: http.MethodGet,
-			path:   s.cfg.Mount + "/metadata/" + s.cfg.Prefix + "/" + owner + "/",
-			query:  url.Values{"list": {"true"}},
-			token:  token,
-		}, &resp)
-		if statusOf(err) == http.StatusNotFound {
-			return nil // nothing under the owner
-		}
+		var err error
+		// A missing folder is a nil secret: nothing under the owner.
+		sec, err = read(ctx, func(ctx context.Context) (*api.Secret, error) {
+			return s.as(token).Logical().ListWithContext(ctx, s.cfg.Mount+"/metadata/"+s.cfg.Prefix+"/"+owner+"/")
+		})
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	keys := []broker.SecretKey{}
-	if resp.Data == nil {
+	if sec == nil || sec.Data == nil {
 		return keys, nil
 	}
-	for _, v := range resp.Data.Keys {
+	list, _ := sec.Data["keys"].([]any)
+	for _, v := range list {
 		name, ok := v.(string)
 		if !ok {
 			continue
@@ -729,22 +750,18 @@ func (s *Store) List(ctx context.Context, owner string) ([]broker.SecretKey, err
 // unavailable.
 func (s *Store) Ping(ctx context.Context) error {
 	return s.call(ctx, "ping", "", func(ctx context.Context, _ string) error {
-		var h struct {
-			Initialized bool `json:"initialized"`
-			Sealed      bool `json:"sealed"`
-		}
-		// The codes make Vault answer 2xx in every state, with the JSON.
-		err := s.c.do(ctx, request{method: http.MethodGet, path: "sys/health", query: url.Values{
-			"uninitcode": {"299"}, "sealedcode": {"299"}, "standbycode": {"299"},
-			"drsecondarycode": {"299"}, "performancestandbycode": {"299"},
-		}}, &h)
+		// sys/health needs no token. The library asks for a 2xx answer in
+		// every state, with the JSON.
+		h, err := read(ctx, func(ctx context.Context) (*api.HealthResponse, error) {
+			return s.base.Sys().HealthWithContext(ctx)
+		})
 		switch {
 		case err != nil:
 			return err
 		case !h.Initialized:
-			return &responseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault is not initialized"}}
+			return &api.ResponseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault is not initialized"}}
 		case h.Sealed:
-			return &responseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault is sealed"}}
+			return &api.ResponseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault is sealed"}}
 		}
 		return nil
 	})
