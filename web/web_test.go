@@ -18,7 +18,9 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
+	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/connectors"
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
@@ -32,6 +34,19 @@ const pw = "correct horse battery"
 // newUI serves the UI (and the authorization server it needs) on the real
 // stores, with one user, alice.
 func newUI(t *testing.T, secure bool) *httptest.Server {
+	t.Helper()
+	ts, _ := newUIWith(t, secure, nil)
+	return ts
+}
+
+// stack is what a test may look at behind the UI.
+type stack struct {
+	store   *bolt.DB
+	secrets broker.SecretStore
+}
+
+// newUIWith is newUI with the linked-accounts pages for conns (when not nil).
+func newUIWith(t *testing.T, secure bool, conns []connectors.Connector) (*httptest.Server, stack) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -63,7 +78,14 @@ func newUI(t *testing.T, secure bool) *httptest.Server {
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	if ui, err = web.New(web.Options{Store: db, Auth: auth, Secure: secure, Key: key, Logger: log, VerifyPassword: password.Verify}); err != nil {
+	var linkSvc *links.Service
+	if conns != nil {
+		if linkSvc, err = links.New(links.Options{Store: db, Secrets: secrets, Connectors: conns, Key: key,
+			CallbackURL: issuer + web.PathCallback, Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ui, err = web.New(web.Options{Store: db, Auth: auth, Links: linkSvc, Secure: secure, Key: key, Logger: log, VerifyPassword: password.Verify}); err != nil {
 		t.Fatal(err)
 	}
 	ui.Mount(srv)
@@ -77,7 +99,7 @@ func newUI(t *testing.T, secure bool) *httptest.Server {
 	if err := db.Users().Create(ctx, broker.User{ID: "id-alice", Username: "alice", PasswordHash: string(h), CreatedAt: now, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
-	return ts
+	return ts, stack{store: db, secrets: secrets}
 }
 
 // client is a browser that keeps cookies by hand: the standard jar would

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
@@ -31,6 +32,7 @@ type app struct {
 	closeSec func()
 	srv      *server.Server
 	keys     *token.Keyring
+	links    *links.Service
 	ln       net.Listener
 	url      string // the public base URL (the issuer)
 	local    string // http://the-address-listened-on

@@ -15,6 +15,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/clientreg"
+	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
@@ -74,8 +75,22 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 	if err != nil {
 		return err
 	}
+	conns, err := buildConnectors(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	linkKey, err := systemKey(ctx, a.secrets, "link-key")
+	if err != nil {
+		return fmt.Errorf("link key: %w", err)
+	}
+	linkSvc, err := links.New(links.Options{Store: a.store, Secrets: a.secrets, Connectors: conns, Key: linkKey,
+		CallbackURL: a.url + web.PathCallback, Logger: a.log})
+	if err != nil {
+		return err
+	}
+	a.links = linkSvc
 	ui, err = web.New(web.Options{
-		Store: a.store, Auth: auth, Secure: !cfg.Dev || isHTTPS(a.url), Key: csrfKey,
+		Store: a.store, Auth: auth, Links: linkSvc, Secure: !cfg.Dev || isHTTPS(a.url), Key: csrfKey,
 		SessionTTL: cfg.OAuth.SessionTTL, Logger: a.log, VerifyPassword: password.Verify,
 	})
 	if err != nil {

@@ -1,0 +1,81 @@
+package web_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/connectors"
+	"github.com/lanyardhq/lanyard/connectors/apikey"
+	"github.com/lanyardhq/lanyard/internal/config"
+)
+
+// TestLinkedAccountsWithAPIKey drives the linked-accounts pages with the
+// real apikey connector, verified against an upstream that accepts one key.
+func TestLinkedAccountsWithAPIKey(t *testing.T) {
+	const goodKey, badKey = "sk-live-canary-0123456789-WXYZ", "sk-wrong-key-000000000000"
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+goodKey {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}))
+	defer upstream.Close()
+	ak, err := apikey.New("weather", "Weather <API>", config.APIKeyConnector{Header: "Authorization", Prefix: "Bearer ",
+		VerifyURL: upstream.URL + "/me"}, apikey.Options{Dev: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, st := newUIWith(t, false, []connectors.Connector{ak})
+	c := &client{t: t, base: ts.URL, cookies: map[string]string{}}
+	_, page := c.do("GET", "/login", nil)
+	if resp, _ := c.do("POST", "/login", url.Values{"username": {"alice"}, "password": {pw}, "csrf_token": {csrf(t, page)}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	resp, page := c.do("GET", "/accounts", nil)
+	if resp.StatusCode != 200 || !strings.Contains(page, "Link Weather &lt;API&gt;") {
+		t.Fatalf("accounts page: %d\n%s", resp.StatusCode, page)
+	}
+	_, form := c.do("GET", "/accounts/link?connector=weather", nil)
+	resp, body := c.do("POST", "/accounts/link", url.Values{"connector": {"weather"}, "api_key": {badKey}, "csrf_token": {csrf(t, form)}})
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "refused") || strings.Contains(body, badKey) {
+		t.Errorf("bad key: %d; want 400 with a clear message and the key not echoed\n%s", resp.StatusCode, body)
+	}
+	if keys, _ := st.secrets.List(context.Background(), "id-alice"); len(keys) != 0 {
+		t.Errorf("a rejected key was stored: %v", keys)
+	}
+	resp, _ = c.do("POST", "/accounts/link", url.Values{"connector": {"weather"}, "api_key": {goodKey}, "csrf_token": {csrf(t, form)}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("good key: %d", resp.StatusCode)
+	}
+	_, page = c.do("GET", resp.Header.Get("Location"), nil)
+	if !strings.Contains(page, "Account linked.") || !strings.Contains(page, "WXYZ") || strings.Contains(page, "0123456789") || !strings.Contains(page, "Working") {
+		t.Errorf("after linking: want the account, masked to the last 4 characters, shown as working\n%s", page)
+	}
+	conns, err := st.store.Connections().List(context.Background(), brokerQuery("id-alice"))
+	if err != nil || len(conns.Items) != 1 {
+		t.Fatalf("connections: %v %v", conns, err)
+	}
+	id := conns.Items[0].ID
+	if resp, _ := c.do("POST", "/accounts/verify", url.Values{"connection": {id}, "csrf_token": {csrf(t, page)}}); resp.Header.Get("Location") != "/accounts?done=verified" {
+		t.Errorf("test now: %v", resp.Header.Get("Location"))
+	}
+	// Another browser's CSRF token does not work; a missing one neither.
+	if resp, _ := c.do("POST", "/accounts/unlink", url.Values{"connection": {id}}); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("unlink without CSRF token: %d", resp.StatusCode)
+	}
+	resp, _ = c.do("POST", "/accounts/unlink", url.Values{"connection": {id}, "csrf_token": {csrf(t, page)}})
+	if resp.Header.Get("Location") != "/accounts?done=unlinked" {
+		t.Fatalf("unlink: %d %v", resp.StatusCode, resp.Header)
+	}
+	if keys, _ := st.secrets.List(context.Background(), "id-alice"); len(keys) != 0 {
+		t.Errorf("secret still stored after unlink: %v", keys)
+	}
+}
+
+func brokerQuery(user string) broker.Query {
+	return broker.Query{Index: broker.IndexUser, Value: user}
+}
