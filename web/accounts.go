@@ -16,7 +16,7 @@ import (
 // Paths of the linked-accounts pages.
 const (
 	PathAccounts = "/accounts"
-	PathCallback = "/accounts/callback" // upstream OAuth redirect URI
+	PathCallback = "/accounts/callback" // + "/" + connector: upstream OAuth redirect URIs
 )
 
 func (u *UI) mountAccounts(m Mounter) {
@@ -27,7 +27,7 @@ func (u *UI) mountAccounts(m Mounter) {
 	m.Handle(PathAccounts+"/link", u.page(u.linkForm), http.MethodGet)
 	m.Handle(PathAccounts+"/link", u.post(u.link), http.MethodPost)
 	m.Handle(PathAccounts+"/start", u.post(u.linkStart), http.MethodPost)
-	m.Handle(PathCallback, u.page(u.linkCallback), http.MethodGet)
+	m.Handle(PathCallback+"/{connector}", u.page(u.linkCallback), http.MethodGet)
 	m.Handle(PathAccounts+"/verify", u.post(u.verify), http.MethodPost)
 	m.Handle(PathAccounts+"/unlink", u.post(u.unlink), http.MethodPost)
 }
@@ -42,7 +42,8 @@ func (u *UI) redirectOrigins(ctx context.Context) string {
 		if !ok {
 			continue
 		}
-		au, err := rl.AuthURL(ctx, connectors.LinkState{State: "x", Verifier: strings.Repeat("x", 43)})
+		au, err := rl.AuthURL(ctx, connectors.LinkState{State: "x", Verifier: strings.Repeat("x", 43),
+			RedirectURI: u.o.Links.CallbackURL(c.Name())})
 		if err != nil {
 			continue
 		}
@@ -204,7 +205,8 @@ func (u *UI) linkCallback(w http.ResponseWriter, r *http.Request) error {
 	if !ok {
 		return userError(http.StatusUnauthorized, "Signed out", "Your session ended while you were away. Sign in and link the account again.")
 	}
-	_, err = u.o.Links.CompleteLink(r.Context(), user.ID, sess.ID, r.URL.Query())
+	name := strings.TrimPrefix(r.URL.Path, PathCallback+"/")
+	_, err = u.o.Links.CompleteLink(r.Context(), user.ID, sess.ID, name, r.URL.Query())
 	switch {
 	case err == nil:
 		http.Redirect(w, r, PathAccounts+"?done=linked", http.StatusSeeOther)

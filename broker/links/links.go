@@ -38,7 +38,10 @@ type Options struct {
 	// Key derives PKCE verifiers from link states, so no verifier is ever
 	// stored (at least 32 bytes; shared by replicas).
 	Key []byte
-	// CallbackURL is Lanyard's OAuth callback for upstream links.
+	// CallbackURL is the base of Lanyard's OAuth callbacks for upstream
+	// links; each connector gets its own, CallbackURL + "/" + name, so that
+	// a response from one provider can never complete a link begun at
+	// another (mix-up defence, RFC 9700 §4.4).
 	CallbackURL string
 	// RefreshSkew: an access token expiring within this is refreshed before
 	// it is handed out. Default 60s.
@@ -170,18 +173,19 @@ func (s *Service) BeginLink(ctx context.Context, userID, sessionID, connectorNam
 		SessionID: sessionID, Connector: connectorName, ConnectionID: relinkID, CreatedAt: now, ExpiresAt: now.Add(LinkTTL)}); err != nil {
 		return "", err
 	}
-	return rl.AuthURL(ctx, s.linkState(state))
+	return rl.AuthURL(ctx, s.linkState(state, connectorName))
 }
 
-// CompleteLink finishes a redirect-based link from the callback query. The
-// state must be one this session began, unused and fresh.
-func (s *Service) CompleteLink(ctx context.Context, userID, sessionID string, query url.Values) (broker.Connection, error) {
+// CompleteLink finishes a redirect-based link from the callback query
+// received at connectorName's callback. The state must be one this session
+// began for that connector, unused and fresh.
+func (s *Service) CompleteLink(ctx context.Context, userID, sessionID, connectorName string, query url.Values) (broker.Connection, error) {
 	state := query.Get("state")
 	if state == "" {
 		return broker.Connection{}, ErrLinkExpired
 	}
 	pl, err := s.o.Store.PendingLinks().Consume(ctx, broker.HashSecret(state), func(p broker.PendingLink) error {
-		if p.UserID != userID || p.SessionID != sessionID {
+		if p.UserID != userID || p.SessionID != sessionID || p.Connector != connectorName {
 			return ErrLinkExpired
 		}
 		return nil
@@ -200,7 +204,7 @@ func (s *Service) CompleteLink(ctx context.Context, userID, sessionID string, qu
 	if !ok {
 		return broker.Connection{}, ErrUnknownConnector
 	}
-	linked, err := rl.Complete(ctx, s.linkState(state), query)
+	linked, err := rl.Complete(ctx, s.linkState(state, pl.Connector), query)
 	if err != nil {
 		return broker.Connection{}, err
 	}
@@ -209,10 +213,17 @@ func (s *Service) CompleteLink(ctx context.Context, userID, sessionID string, qu
 
 // linkState derives the PKCE verifier from the state with the service key:
 // nothing secret is stored for a link in flight.
-func (s *Service) linkState(state string) connectors.LinkState {
+func (s *Service) linkState(state, connectorName string) connectors.LinkState {
 	m := hmac.New(sha256.New, s.o.Key)
 	m.Write([]byte("lanyard link pkce v1\x00" + state))
-	return connectors.LinkState{State: state, Verifier: base64.RawURLEncoding.EncodeToString(m.Sum(nil)), RedirectURI: s.o.CallbackURL}
+	return connectors.LinkState{State: state, Verifier: base64.RawURLEncoding.EncodeToString(m.Sum(nil)),
+		RedirectURI: s.CallbackURL(connectorName)}
+}
+
+// CallbackURL is the redirect URI to register at the provider for a
+// connector.
+func (s *Service) CallbackURL(connectorName string) string {
+	return s.o.CallbackURL + "/" + url.PathEscape(connectorName)
 }
 
 func randomToken() string {

@@ -196,7 +196,7 @@ func TestCompleteLinkNeedsTheSameSession(t *testing.T) {
 	if _, err := s.BeginLink(ctx, "U1", "S1", "up", ""); err == nil || !strings.Contains(err.Error(), "redirect") {
 		t.Errorf("BeginLink on a form connector = %v, want a refusal", err)
 	}
-	if _, err := s.CompleteLink(ctx, "U1", "S1", url.Values{"state": {"forged"}}); !errors.Is(err, links.ErrLinkExpired) {
+	if _, err := s.CompleteLink(ctx, "U1", "S1", "up", url.Values{"state": {"forged"}}); !errors.Is(err, links.ErrLinkExpired) {
 		t.Errorf("forged state: %v", err)
 	}
 }
