@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -35,7 +36,7 @@ const pw = "correct horse battery"
 // stores, with one user, alice.
 func newUI(t *testing.T, secure bool) *httptest.Server {
 	t.Helper()
-	ts, _ := newUIWith(t, secure, nil)
+	ts, _ := newUIWith(t, secure, nil, nil)
 	return ts
 }
 
@@ -46,7 +47,9 @@ type stack struct {
 }
 
 // newUIWith is newUI with the linked-accounts pages for conns (when not nil).
-func newUIWith(t *testing.T, secure bool, conns []connectors.Connector) (*httptest.Server, stack) {
+// ln, if not nil, is the listener to serve on (a test that must know the
+// URL before building its connectors).
+func newUIWith(t *testing.T, secure bool, conns []connectors.Connector, ln net.Listener) (*httptest.Server, stack) {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -62,6 +65,10 @@ func newUIWith(t *testing.T, secure bool, conns []connectors.Connector) (*httpte
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv := server.New(server.Options{HTTP: config.Default().HTTP, Logger: log})
 	ts := httptest.NewUnstartedServer(srv.Handler())
+	if ln != nil {
+		ts.Listener.Close()
+		ts.Listener = ln
+	}
 	issuer := "http://" + ts.Listener.Addr().String()
 	keys, err := token.Open(ctx, token.Options{Issuer: issuer, Secrets: secrets})
 	if err != nil {
@@ -110,6 +117,7 @@ type client struct {
 	base    string
 	cookies map[string]string
 	set     []string // raw Set-Cookie headers
+	lastCSP string
 }
 
 func (c *client) do(method, path string, form url.Values) (*http.Response, string) {
@@ -133,6 +141,7 @@ func (c *client) do(method, path string, form url.Values) (*http.Response, strin
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	c.set = append(c.set, resp.Header.Values("Set-Cookie")...)
+	c.lastCSP = resp.Header.Get("Content-Security-Policy")
 	for _, ck := range resp.Cookies() {
 		if ck.MaxAge < 0 {
 			delete(c.cookies, ck.Name)
