@@ -145,3 +145,24 @@ func (o Observer) Observe(component, op string, start time.Time, err error) {
 		o(component, op, time.Since(start), err)
 	}
 }
+
+// ListAll reads every page of q (q.Limit sets the page size) and returns all
+// records. Use it where the result is known to be small (one user's
+// connections or grants).
+func ListAll[T Record](ctx context.Context, t Table[T], q Query) ([]T, error) {
+	if q.Limit == 0 {
+		q.Limit = MaxLimit
+	}
+	var out []T
+	for {
+		page, err := t.List(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page.Items...)
+		if page.Next == "" {
+			return out, nil
+		}
+		q.After = page.Next
+	}
+}

@@ -312,57 +312,37 @@ type agentView struct {
 func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 	ctx := r.Context()
 	conns := map[string]string{}
-	if list, err := u.connections(r, user); err == nil {
-		for _, c := range list {
-			conns[c.ID] = c.Connector + ": " + c.Account
-		}
+	list, err := broker.ListAll(ctx, u.o.Store.Connections(), broker.Query{Index: broker.IndexUser, Value: user.ID})
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range list {
+		conns[c.ID] = c.Connector + ": " + c.Account
+	}
+	grants, err := broker.ListAll(ctx, u.o.Store.Grants(), broker.Query{Index: broker.IndexUser, Value: user.ID})
+	if err != nil {
+		return nil, err
 	}
 	var out []agentView
-	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
-	for {
-		page, err := u.o.Store.Grants().List(ctx, q)
-		if err != nil {
-			return nil, err
+	for _, g := range grants {
+		if g.Revoked() {
+			continue
 		}
-		for _, g := range page.Items {
-			if g.Revoked() {
-				continue
-			}
-			v := agentView{Grant: g, Client: g.ClientID, Resource: g.Resource}
-			if c, err := u.o.Store.Clients().Get(ctx, g.ClientID); err == nil && c.Name != "" {
-				v.Client = c.Name
-			}
-			if res, err := u.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource); err == nil && res.Name != "" {
-				v.Resource = res.Name
-			}
-			for _, id := range g.ConnectionIDs {
-				if name, ok := conns[id]; ok {
-					v.Accounts = append(v.Accounts, name)
-				} else {
-					v.Accounts = append(v.Accounts, "(unlinked account)")
-				}
-			}
-			out = append(out, v)
+		v := agentView{Grant: g, Client: g.ClientID, Resource: g.Resource}
+		if c, err := u.o.Store.Clients().Get(ctx, g.ClientID); err == nil && c.Name != "" {
+			v.Client = c.Name
 		}
-		if page.Next == "" {
-			return out, nil
+		if res, err := u.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource); err == nil && res.Name != "" {
+			v.Resource = res.Name
 		}
-		q.After = page.Next
+		for _, id := range g.ConnectionIDs {
+			if name, ok := conns[id]; ok {
+				v.Accounts = append(v.Accounts, name)
+			} else {
+				v.Accounts = append(v.Accounts, "(unlinked account)")
+			}
+		}
+		out = append(out, v)
 	}
-}
-
-func (u *UI) connections(r *http.Request, user broker.User) ([]broker.Connection, error) {
-	var out []broker.Connection
-	q := broker.Query{Index: broker.IndexUser, Value: user.ID, Limit: broker.MaxLimit}
-	for {
-		page, err := u.o.Store.Connections().List(r.Context(), q)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.Items...)
-		if page.Next == "" {
-			return out, nil
-		}
-		q.After = page.Next
-	}
+	return out, nil
 }

@@ -217,41 +217,19 @@ func preApproved(c broker.Client, u broker.User) bool {
 }
 
 func (s *Server) connections(ctx context.Context, userID string) ([]broker.Connection, error) {
-	var out []broker.Connection
-	q := broker.Query{Index: broker.IndexUser, Value: userID, Limit: broker.MaxLimit}
-	for {
-		page, err := s.o.Store.Connections().List(ctx, q)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.Items...)
-		if page.Next == "" {
-			return out, nil
-		}
-		q.After = page.Next
-	}
+	return broker.ListAll(ctx, s.o.Store.Connections(), broker.Query{Index: broker.IndexUser, Value: userID})
 }
 
 // userGrants returns the live (unrevoked) grants of user for client and
 // resource.
 func (s *Server) userGrants(ctx context.Context, userID, clientID, resource string) ([]broker.Grant, error) {
-	var out []broker.Grant
-	q := broker.Query{Index: broker.IndexUser, Value: userID, Limit: broker.MaxLimit}
-	for {
-		page, err := s.o.Store.Grants().List(ctx, q)
-		if err != nil {
-			return nil, err
-		}
-		for _, g := range page.Items {
-			if g.ClientID == clientID && g.Resource == resource && !g.Revoked() {
-				out = append(out, g)
-			}
-		}
-		if page.Next == "" {
-			return out, nil
-		}
-		q.After = page.Next
+	all, err := broker.ListAll(ctx, s.o.Store.Grants(), broker.Query{Index: broker.IndexUser, Value: userID})
+	if err != nil {
+		return nil, err
 	}
+	return slices.DeleteFunc(all, func(g broker.Grant) bool {
+		return g.ClientID != clientID || g.Resource != resource || g.Revoked()
+	}), nil
 }
 
 // coveringGrant returns a live grant of the user for the same client and

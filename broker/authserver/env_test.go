@@ -5,12 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -21,15 +19,8 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
-	"github.com/lanyardhq/lanyard/broker/clientreg"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/bolt"
-	"github.com/lanyardhq/lanyard/internal/config"
-	"github.com/lanyardhq/lanyard/internal/password"
-	"github.com/lanyardhq/lanyard/internal/safehttp"
-	"github.com/lanyardhq/lanyard/internal/server"
-	"github.com/lanyardhq/lanyard/vault/sealed"
-	"github.com/lanyardhq/lanyard/web"
 )
 
 // The test world: one MCP server, two users, a public and a confidential
@@ -61,51 +52,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := bolt.Open(filepath.Join(dir, "l.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	secrets, err := sealed.Open(db, filepath.Join(dir, "sealed.key"), sealed.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, store: db, logs: &strings.Builder{}}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := server.New(server.Options{HTTP: config.Default().HTTP, Logger: log})
-	e.ts = httptest.NewUnstartedServer(srv.Handler())
-	e.issuer = "http://" + e.ts.Listener.Addr().String()
-	if e.keys, err = token.Open(ctx, token.Options{Issuer: e.issuer, Secrets: secrets}); err != nil {
-		t.Fatal(err)
-	}
-	var ui *web.UI
-	e.auth, err = authserver.New(authserver.Options{
-		Issuer: e.issuer, Store: db, Keys: e.keys, Dev: true, CIMD: true,
-		Clients: clientreg.NewResolver(clientreg.ResolverOptions{Clients: db.Clients(), DevLoopback: true,
-			HTTP: safehttp.NewClient(safehttp.Options{AllowLoopback: true})}),
-		Registration:   clientreg.NewRegistrar(clientreg.RegistrarOptions{Clients: db.Clients(), DevLoopback: true}),
-		AccessTokenTTL: 10 * time.Minute, RefreshTokenTTL: 24 * time.Hour, DeviceCodeTTL: 10 * time.Minute,
-		DeviceInterval: 5 * time.Second, Logger: log,
-		ShowError: func(w http.ResponseWriter, r *http.Request, status int, title, detail string) {
-			ui.ShowError(w, r, status, title, detail)
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	if ui, err = web.New(web.Options{Store: db, Auth: e.auth, Key: key, Logger: log, VerifyPassword: password.Verify}); err != nil {
-		t.Fatal(err)
-	}
-	e.auth.Mount(srv)
-	ui.Mount(srv)
-	e.ts.Start()
-	t.Cleanup(e.ts.Close)
-	e.seed(ctx)
-	return e
+	return newEnvWith(t, envOptions{})
 }
 
 func (e *env) seed(ctx context.Context) {

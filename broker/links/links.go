@@ -108,19 +108,7 @@ func (s *Service) Connector(name string) (connectors.Connector, error) {
 
 // List returns the user's connections.
 func (s *Service) List(ctx context.Context, userID string) ([]broker.Connection, error) {
-	var out []broker.Connection
-	q := broker.Query{Index: broker.IndexUser, Value: userID, Limit: broker.MaxLimit}
-	for {
-		page, err := s.o.Store.Connections().List(ctx, q)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, page.Items...)
-		if page.Next == "" {
-			return out, nil
-		}
-		q.After = page.Next
-	}
+	return broker.ListAll(ctx, s.o.Store.Connections(), broker.Query{Index: broker.IndexUser, Value: userID})
 }
 
 // Get returns one of the user's connections (ErrNotFound for another

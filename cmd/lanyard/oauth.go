@@ -142,11 +142,11 @@ func syncConfig(ctx context.Context, store broker.Store, cfg config.Config, now 
 			TokenEndpointAuthMethod: "client_secret_basic", SecretHash: broker.HashSecret(r.ClientSecret.Reveal()),
 			FromConfig: true, CreatedAt: now}
 	}
-	page, err := store.Resources().List(ctx, broker.Query{Limit: broker.MaxLimit})
+	resources, err := broker.ListAll(ctx, store.Resources(), broker.Query{})
 	if err != nil {
 		return err
 	}
-	for _, old := range page.Items {
+	for _, old := range resources {
 		if _, keep := want[old.ID]; old.FromConfig && !keep {
 			if err := store.Resources().Delete(ctx, old.ID); err != nil {
 				return err
@@ -171,23 +171,16 @@ func syncConfig(ctx context.Context, store broker.Store, cfg config.Config, now 
 		}
 		wantClients[cl.ID] = cl
 	}
-	q := broker.Query{Limit: broker.MaxLimit}
-	for {
-		page, err := store.Clients().List(ctx, q)
-		if err != nil {
-			return err
-		}
-		for _, old := range page.Items {
-			if _, keep := wantClients[old.ID]; old.Kind == broker.ClientStatic && !keep {
-				if err := store.Clients().Delete(ctx, old.ID); err != nil {
-					return err
-				}
+	clients, err := broker.ListAll(ctx, store.Clients(), broker.Query{})
+	if err != nil {
+		return err
+	}
+	for _, old := range clients {
+		if _, keep := wantClients[old.ID]; old.Kind == broker.ClientStatic && !keep {
+			if err := store.Clients().Delete(ctx, old.ID); err != nil {
+				return err
 			}
 		}
-		if page.Next == "" {
-			break
-		}
-		q.After = page.Next
 	}
 	for _, c := range wantClients {
 		if err := upsert(ctx, store.Clients(), c, func(old broker.Client) broker.Client {
