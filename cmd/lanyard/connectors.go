@@ -8,6 +8,7 @@ import (
 	"github.com/lanyardhq/lanyard/connectors/apikey"
 	"github.com/lanyardhq/lanyard/connectors/basic"
 	"github.com/lanyardhq/lanyard/connectors/oauthconn"
+	"github.com/lanyardhq/lanyard/connectors/socket"
 	"github.com/lanyardhq/lanyard/internal/config"
 )
 
@@ -28,8 +29,10 @@ func buildConnectors(ctx context.Context, cfg config.Config) ([]connectors.Conne
 			conn, err = apikey.New(c.Name, c.DisplayName, c.APIKey, apikey.Options{Dev: cfg.Dev})
 		case connectors.KindBasic:
 			conn, err = basic.New(c.Name, c.DisplayName, c.Basic)
+		case connectors.KindSocket:
+			conn, err = socket.New(c.Name, c.DisplayName, c.Socket)
 		default:
-			conn, err = buildOther(c)
+			err = fmt.Errorf("unknown kind %q", c.Kind)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("connector %s: %w", c.Name, err)
