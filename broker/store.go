@@ -125,6 +125,7 @@ type Store interface {
 	Sessions() Table[Session]
 	AuthRequests() SingleUseTable[AuthRequest]
 	PendingLinks() SingleUseTable[PendingLink]
+	Audit() AuditLog
 
 	// Sweep deletes expired records and returns how many it removed.
 	Sweep(ctx context.Context) (int, error)
