@@ -331,7 +331,11 @@ async function main() {
 
     // 7. Unlink the API key account.
     at(`unlinking ${names[weather]}`);
-    await accountByName(names[weather]).locator('button:has-text("Unlink")').click();
+    await accountByName(names[weather]).locator(':is(a, button):has-text("Unlink")').click();
+    await page.waitForURL(onLanyard('/accounts/unlink'));
+    await page.waitForSelector('button#unlink');
+    await shot('unlink-confirm');
+    await page.click('button#unlink');
     await page.waitForURL(onLanyard('/accounts', '?done=unlinked'));
     const unlinked = (await page.innerText('.notice')).trim();
     if (!unlinked.startsWith('Account unlinked.')) throw new Error(`notice ${JSON.stringify(unlinked)} after unlinking`);

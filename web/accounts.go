@@ -29,6 +29,7 @@ func (u *UI) mountAccounts(m Mounter) {
 	m.Handle(PathAccounts+"/start", u.post(u.linkStart), http.MethodPost)
 	m.Handle(PathCallback+"/{connector}", u.page(u.linkCallback), http.MethodGet)
 	m.Handle(PathAccounts+"/verify", u.post(u.verify), http.MethodPost)
+	m.Handle(PathAccounts+"/unlink", u.page(u.unlinkConfirm), http.MethodGet)
 	m.Handle(PathAccounts+"/unlink", u.post(u.unlink), http.MethodPost)
 }
 
@@ -69,7 +70,7 @@ func (u *UI) connectorViews() []connectorView {
 }
 
 func (u *UI) accounts(w http.ResponseWriter, r *http.Request) error {
-	user, ok, err := u.requireUser(w, r, url.Values{})
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
 	if err != nil || !ok {
 		return err
 	}
@@ -106,7 +107,7 @@ func notice(code string) string {
 }
 
 func (u *UI) linkForm(w http.ResponseWriter, r *http.Request) error {
-	user, ok, err := u.requireUser(w, r, url.Values{})
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
 	if err != nil || !ok {
 		return err
 	}
@@ -141,7 +142,7 @@ func (u *UI) renderLinkForm(w http.ResponseWriter, r *http.Request, user broker.
 }
 
 func (u *UI) link(w http.ResponseWriter, r *http.Request) error {
-	user, ok, err := u.requireUser(w, r, url.Values{})
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
 	if err != nil || !ok {
 		return err
 	}
@@ -222,7 +223,7 @@ func (u *UI) linkCallback(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (u *UI) verify(w http.ResponseWriter, r *http.Request) error {
-	user, ok, err := u.requireUser(w, r, url.Values{})
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
 	if err != nil || !ok {
 		return err
 	}
@@ -244,7 +245,7 @@ func (u *UI) verify(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (u *UI) unlink(w http.ResponseWriter, r *http.Request) error {
-	user, ok, err := u.requireUser(w, r, url.Values{})
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
 	if err != nil || !ok {
 		return err
 	}
@@ -256,5 +257,27 @@ func (u *UI) unlink(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	http.Redirect(w, r, PathAccounts+"?done=unlinked", http.StatusSeeOther)
+	return nil
+}
+
+// unlinkConfirm asks before an account is unlinked: the secret is deleted
+// and agents lose access to it at once.
+func (u *UI) unlinkConfirm(w http.ResponseWriter, r *http.Request) error {
+	user, ok, err := u.requireUser(w, r, url.Values{"next": {"accounts"}})
+	if err != nil || !ok {
+		return err
+	}
+	conn, err := u.o.Links.Get(r.Context(), user.ID, r.URL.Query().Get("connection"))
+	if errors.Is(err, broker.ErrNotFound) {
+		return userError(http.StatusNotFound, "Not found", "There is no such linked account.")
+	}
+	if err != nil {
+		return err
+	}
+	name := conn.Connector
+	if c, err := u.o.Links.Connector(conn.Connector); err == nil {
+		name = c.DisplayName()
+	}
+	u.render(w, r, http.StatusOK, "unlink", map[string]any{"User": user, "CSRF": u.csrfToken(w, r), "Conn": conn, "Name": name})
 	return nil
 }

@@ -72,7 +72,11 @@ func TestLinkedAccountsWithAPIKey(t *testing.T) {
 	if resp, _ := c.do("POST", "/accounts/unlink", url.Values{"connection": {id}}); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("unlink without CSRF token: %d", resp.StatusCode)
 	}
-	resp, _ = c.do("POST", "/accounts/unlink", url.Values{"connection": {id}, "csrf_token": {csrf(t, page)}})
+	resp, confirm := c.do("GET", "/accounts/unlink?connection="+id, nil)
+	if resp.StatusCode != 200 || !strings.Contains(confirm, `id="unlink"`) {
+		t.Fatalf("unlink confirmation page: %d", resp.StatusCode)
+	}
+	resp, _ = c.do("POST", "/accounts/unlink", url.Values{"connection": {id}, "csrf_token": {csrf(t, confirm)}})
 	if resp.Header.Get("Location") != "/accounts?done=unlinked" {
 		t.Fatalf("unlink: %d %v", resp.StatusCode, resp.Header)
 	}

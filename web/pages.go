@@ -29,6 +29,9 @@ func afterLogin(r *http.Request) string {
 	if req := r.FormValue("req"); req != "" {
 		return authserver.PathConsent + "?" + url.Values{"req": {req}}.Encode()
 	}
+	if r.FormValue("next") == "accounts" {
+		return PathAccounts
+	}
 	if r.FormValue("next") == "device" {
 		q := url.Values{}
 		if uc := r.FormValue("user_code"); uc != "" {

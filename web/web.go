@@ -84,7 +84,7 @@ func New(o Options) (*UI, error) {
 	u := &UI{o: o, tmpl: map[string]*template.Template{}, cop: http.NewCrossOriginProtection(),
 		limits: newLimiter(o.LoginRate)}
 	funcs := template.FuncMap{"usercode": authserver.FormatUserCode, "join": strings.Join}
-	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done", "accounts", "link"} {
+	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done", "accounts", "link", "unlink"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, err
@@ -224,6 +224,14 @@ func (u *UI) ShowError(w http.ResponseWriter, r *http.Request, status int, title
 // render executes a page into a buffer first, so a template error never
 // sends half a page.
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, page string, data map[string]any) {
+	switch page {
+	case "accounts", "link", "unlink":
+		data["Nav"] = "accounts"
+	case "home":
+		data["Nav"] = "agents"
+	default:
+		data["Nav"] = ""
+	}
 	var buf bytes.Buffer
 	if err := u.tmpl[page].Execute(&buf, data); err != nil {
 		httpx.Logger(r.Context()).Error("render page", "page", page, "err", err)

@@ -210,7 +210,7 @@ func (c *Connector) Link(ctx context.Context, in connectors.Input) (connectors.L
 		return connectors.Linked{}, err
 	}
 	return connectors.Linked{
-		Account: a.username + "@" + a.host(),
+		Account: a.username + " on " + a.host(),
 		Secret: broker.NewSecret(map[string]string{
 			FieldUsername: a.username, FieldPassword: a.password, FieldAddress: a.address,
 		}),

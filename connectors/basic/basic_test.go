@@ -75,7 +75,7 @@ func TestSuite(t *testing.T) {
 					if err != nil {
 						t.Fatalf("Link: %v", err)
 					}
-					if want := user + "@" + strings.Split(cfg.Address, ":")[0]; l.Account != want {
+					if want := user + " on " + strings.Split(cfg.Address, ":")[0]; l.Account != want {
 						t.Errorf("Account = %q, want %q", l.Account, want)
 					}
 					return l

@@ -255,7 +255,7 @@ func writeServerCert(tb testing.TB, dir string) string {
 	}
 	caPath := filepath.Join(dir, "ca.pem")
 	for path, blk := range map[string]*pem.Block{
-		caPath:                            {Type: "CERTIFICATE", Bytes: caDER},
+		caPath:                           {Type: "CERTIFICATE", Bytes: caDER},
 		filepath.Join(dir, "server.pem"): {Type: "CERTIFICATE", Bytes: der},
 		filepath.Join(dir, "server.key"): {Type: "PRIVATE KEY", Bytes: keyDER},
 	} {
