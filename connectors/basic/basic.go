@@ -200,7 +200,7 @@ func (a account) host() string {
 }
 
 // Link implements connectors.FormLinker: it logs in and returns the account
-// (user@host) and the secret to keep (user name, password, address).
+// ("user on host") and the secret to keep (user name, password, address).
 func (c *Connector) Link(ctx context.Context, in connectors.Input) (connectors.Linked, error) {
 	a, err := c.account(in.Get)
 	if err != nil {
