@@ -116,7 +116,13 @@ type Resource struct {
 	TokenEndpointAuthMethod string   `json:"token_endpoint_auth_method,omitempty"`
 	SecretHash              string   `json:"secret_hash,omitempty"`
 	JWKSURL                 string   `json:"jwks_url,omitempty"`
-	Connectors              []string `json:"connectors,omitempty"`
+	// Connectors are the connectors this MCP server may redeem.
+	Connectors []string `json:"connectors,omitempty"`
+	// Policy decides which tools may use which credentials.
+	Policy ToolPolicy `json:"policy"`
+	// JWKS is an inline JSON Web Key Set for private_key_jwt (JWKSURL is
+	// the alternative).
+	JWKS string `json:"jwks,omitempty"`
 	// FromConfig: defined in the config file, removed when it leaves it.
 	FromConfig bool      `json:"from_config,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
@@ -312,3 +318,19 @@ var (
 	_ SingleUse[RefreshToken] = RefreshToken{}
 	_ SingleUse[DeviceCode]   = DeviceCode{}
 )
+
+// ToolPolicy decides, per MCP tool, whether a redemption may happen. A tool
+// without a rule is allowed only when DefaultAllow is set.
+type ToolPolicy struct {
+	DefaultAllow bool       `json:"default_allow,omitempty"`
+	Tools        []ToolRule `json:"tools,omitempty"`
+}
+
+// ToolRule is the rule for one tool: the token must carry every scope in
+// Scopes, and only the listed connectors may be redeemed for it (empty: any
+// connector the MCP server may redeem).
+type ToolRule struct {
+	Name       string   `json:"name"`
+	Scopes     []string `json:"scopes,omitempty"`
+	Connectors []string `json:"connectors,omitempty"`
+}

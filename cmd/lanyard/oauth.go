@@ -138,9 +138,16 @@ func systemKey(ctx context.Context, secrets broker.SecretStore, name string) ([]
 func syncConfig(ctx context.Context, store broker.Store, cfg config.Config, now time.Time) error {
 	want := map[string]broker.Resource{}
 	for _, r := range cfg.Resources {
-		want[r.ID] = broker.Resource{ID: r.ID, URI: r.URI, Name: r.Name, Scopes: r.Scopes, DefaultScopes: r.DefaultScopes,
-			TokenEndpointAuthMethod: "client_secret_basic", SecretHash: broker.HashSecret(r.ClientSecret.Reveal()),
-			FromConfig: true, CreatedAt: now}
+		res := broker.Resource{ID: r.ID, URI: r.URI, Name: r.Name, Scopes: r.Scopes, DefaultScopes: r.DefaultScopes,
+			TokenEndpointAuthMethod: r.AuthMethod, JWKSURL: r.JWKSURL, JWKS: r.JWKS, Connectors: r.Connectors,
+			Policy: broker.ToolPolicy{DefaultAllow: r.Policy.Default == "allow"}, FromConfig: true, CreatedAt: now}
+		if r.ClientSecret != "" {
+			res.SecretHash = broker.HashSecret(r.ClientSecret.Reveal())
+		}
+		for _, t := range r.Policy.Tools {
+			res.Policy.Tools = append(res.Policy.Tools, broker.ToolRule{Name: t.Name, Scopes: t.Scopes, Connectors: t.Connectors})
+		}
+		want[r.ID] = res
 	}
 	resources, err := broker.ListAll(ctx, store.Resources(), broker.Query{})
 	if err != nil {
@@ -155,7 +162,7 @@ func syncConfig(ctx context.Context, store broker.Store, cfg config.Config, now 
 	}
 	for _, r := range want {
 		if err := upsert(ctx, store.Resources(), r, func(old broker.Resource) broker.Resource {
-			r.CreatedAt, r.Connectors = old.CreatedAt, old.Connectors
+			r.CreatedAt = old.CreatedAt
 			return r
 		}); err != nil {
 			return fmt.Errorf("resource %s: %w", r.ID, err)

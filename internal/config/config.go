@@ -145,6 +145,27 @@ type Resource struct {
 	DefaultScopes    []string            `yaml:"default_scopes"`
 	ClientSecret     broker.SecretString `yaml:"client_secret"`
 	ClientSecretFile string              `yaml:"client_secret_file"`
+	// AuthMethod is how the MCP server authenticates to Lanyard:
+	// client_secret_basic (default) or private_key_jwt (JWKSURL or JWKS).
+	AuthMethod string `yaml:"auth_method"`
+	JWKSURL    string `yaml:"jwks_url"`
+	JWKS       string `yaml:"jwks"`
+	// Connectors this MCP server may redeem credentials of.
+	Connectors []string `yaml:"connectors"`
+	Policy     Policy   `yaml:"policy"`
+}
+
+// Policy is an MCP server's tool policy.
+type Policy struct {
+	Default string     `yaml:"default"` // deny (default) or allow
+	Tools   []ToolRule `yaml:"tools"`
+}
+
+// ToolRule is the policy of one tool.
+type ToolRule struct {
+	Name       string   `yaml:"name"`
+	Scopes     []string `yaml:"scopes"`
+	Connectors []string `yaml:"connectors"`
 }
 
 // Client is a pre-registered OAuth client.
@@ -577,8 +598,37 @@ func (c *Config) finishOAuth() Problems {
 		if r.DefaultScopes == nil {
 			r.DefaultScopes = r.Scopes
 		}
-		if len(r.ClientSecret) < MinSecretLen {
-			add("%s.client_secret: at least %d characters (from ${ENV} or client_secret_file)", key, MinSecretLen)
+		switch r.AuthMethod {
+		case "", "client_secret_basic":
+			r.AuthMethod = "client_secret_basic"
+			if len(r.ClientSecret) < MinSecretLen {
+				add("%s.client_secret: at least %d characters (from ${ENV} or client_secret_file)", key, MinSecretLen)
+			}
+		case "private_key_jwt":
+			if (r.JWKSURL == "") == (r.JWKS == "") {
+				add("%s: private_key_jwt needs exactly one of jwks_url and jwks", key)
+			}
+		default:
+			add("%s.auth_method: %q is not one of client_secret_basic, private_key_jwt", key, r.AuthMethod)
+		}
+		switch r.Policy.Default {
+		case "":
+			r.Policy.Default = "deny"
+		case "deny", "allow":
+		default:
+			add("%s.policy.default: %q is not one of deny, allow", key, r.Policy.Default)
+		}
+		tools := map[string]bool{}
+		for j, tr := range r.Policy.Tools {
+			if tr.Name == "" || tools[tr.Name] {
+				add("%s.policy.tools[%d].name: required and unique", key, j)
+			}
+			tools[tr.Name] = true
+			for _, c := range tr.Connectors {
+				if !slices.Contains(r.Connectors, c) {
+					add("%s.policy.tools[%d].connectors: %q is not in the resource's connectors", key, j, c)
+				}
+			}
 		}
 	}
 	if o.DefaultResource != "" {
@@ -589,6 +639,17 @@ func (c *Config) finishOAuth() Problems {
 		o.DefaultResource = canon
 	}
 	p = append(p, c.finishConnectors()...)
+	known := map[string]bool{}
+	for _, cn := range c.Connectors {
+		known[cn.Name] = true
+	}
+	for i, r := range c.Resources {
+		for _, cn := range r.Connectors {
+			if !known[cn] {
+				add("resources[%d].connectors: %q is not a configured connector", i, cn)
+			}
+		}
+	}
 	seen := map[string]bool{}
 	for i := range c.Clients {
 		cl := &c.Clients[i]
