@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/oauth"
+	"github.com/lanyardhq/lanyard/internal/httpx"
 )
 
 // Sign-in lockout: after maxFailures wrong passwords a user is locked for
@@ -119,6 +121,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) error {
 			return x, nil
 		})
 		u.o.Logger.InfoContext(ctx, "sign-in failed", "user", user.ID, "err", uerr)
+		u.audit(ctx, broker.AuditEvent{Action: broker.AuditLogin, Outcome: broker.OutcomeDenied, UserID: user.ID, Reason: "wrong password or disabled"})
 		u.renderLogin(w, r, http.StatusUnauthorized, "Wrong user name or password.")
 		return nil
 	}
@@ -134,6 +137,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	u.o.Logger.InfoContext(ctx, "signed in", "user", user.ID)
+	u.audit(ctx, broker.AuditEvent{Action: broker.AuditLogin, Outcome: broker.OutcomeOK, UserID: user.ID})
 	http.Redirect(w, r, afterLogin(r), http.StatusSeeOther)
 	return nil
 }
@@ -348,4 +352,13 @@ func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// audit records a sign-in; a failure to record is logged (sign-in itself
+// hands out nothing an agent can use).
+func (u *UI) audit(ctx context.Context, e broker.AuditEvent) {
+	e.RequestID = httpx.RequestID(ctx)
+	if _, err := u.o.Store.Audit().Append(ctx, e); err != nil {
+		u.o.Logger.ErrorContext(ctx, "audit append failed", "action", e.Action, "err", err)
+	}
 }

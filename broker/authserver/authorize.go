@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/oauth"
@@ -285,10 +286,19 @@ func (s *Server) Decide(ctx context.Context, id string, user broker.User, d Deci
 	}
 	if !d.Approve {
 		s.o.Logger.InfoContext(ctx, "consent denied", "user", user.ID, "client_id", req.ClientID, "aud", req.Resource)
+		if err := s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: broker.OutcomeDenied, Reason: "denied by the user",
+			UserID: user.ID, ClientID: req.ClientID, Resource: req.Resource}); err != nil {
+			return "", err
+		}
 		return s.errorRedirect(req.RedirectURI, req.State, oauth.ErrAccessDenied.WithDescription("the user denied the request")), nil
 	}
 	grant, err := s.grantFor(ctx, user, req, d)
 	if err != nil {
+		return "", err
+	}
+	if err := s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: broker.OutcomeOK, UserID: user.ID,
+		ClientID: req.ClientID, Resource: req.Resource, GrantID: grant.ID,
+		Reason: "scope " + strings.Join(req.Scopes, " ") + "; connections " + strings.Join(grant.ConnectionIDs, " ")}); err != nil {
 		return "", err
 	}
 	code := newSecret("lyc_")
@@ -367,8 +377,11 @@ func (s *Server) RevokeGrant(ctx context.Context, id, reason string) error {
 		}
 		return g, nil
 	})
-	if err == nil {
-		s.o.Logger.InfoContext(ctx, "grant revoked", "grant", id, "reason", reason)
+	if err != nil {
+		return err
 	}
-	return err
+	s.o.Logger.InfoContext(ctx, "grant revoked", "grant", id, "reason", reason)
+	g, _ := s.o.Store.Grants().Get(ctx, id)
+	return s.audit(ctx, broker.AuditEvent{Action: broker.AuditRevoke, Outcome: broker.OutcomeOK, Reason: reason,
+		UserID: g.UserID, ClientID: g.ClientID, Resource: g.Resource, GrantID: id})
 }

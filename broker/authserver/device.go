@@ -226,9 +226,15 @@ func (s *Server) DecideDevice(ctx context.Context, userCode string, user broker.
 		}
 		return x, nil
 	})
-	if err == nil {
-		s.o.Logger.InfoContext(ctx, "device authorization decided", "user", user.ID, "client_id", dev.ClientID,
-			"aud", dev.Resource, "approved", d.Approve)
+	if err != nil {
+		return err
 	}
-	return err
+	s.o.Logger.InfoContext(ctx, "device authorization decided", "user", user.ID, "client_id", dev.ClientID,
+		"aud", dev.Resource, "approved", d.Approve)
+	outcome := broker.OutcomeOK
+	if !d.Approve {
+		outcome = broker.OutcomeDenied
+	}
+	return s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: outcome, Reason: "device authorization",
+		UserID: user.ID, ClientID: dev.ClientID, Resource: dev.Resource, GrantID: grantID})
 }

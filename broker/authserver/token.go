@@ -61,6 +61,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.logOAuthError(ctx, "token: request refused", err, "client_id", client.ID, "grant_type", gt)
+		if oauth.As(err).Code != oauth.ErrAuthorizationPending.Code && oauth.As(err).Code != oauth.ErrSlowDown.Code {
+			s.auditDenied(ctx, broker.AuditIssue, err, broker.AuditEvent{ClientID: client.ID, Reason: gt})
+		}
 		oauth.WriteError(w, r, err)
 		return
 	}
@@ -211,6 +214,14 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 			return tokenResponse{}, err
 		}
 		resp.RefreshToken = rt
+	}
+	action := broker.AuditIssue
+	if oldRefresh != "" {
+		action = broker.AuditRefresh
+	}
+	if err := s.audit(ctx, broker.AuditEvent{Action: action, Outcome: broker.OutcomeOK, UserID: g.UserID, ClientID: client.ID,
+		Resource: g.Resource, GrantID: g.ID, Reason: "scope " + resp.Scope}); err != nil {
+		return tokenResponse{}, err
 	}
 	if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
 		x.LastUsedAt = now

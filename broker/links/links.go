@@ -28,6 +28,7 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/connectors"
+	"github.com/lanyardhq/lanyard/internal/httpx"
 )
 
 // Options configures a Service.
@@ -241,7 +242,11 @@ func (s *Service) save(ctx context.Context, userID string, c connectors.Connecto
 			return x, nil
 		})
 		s.o.Logger.InfoContext(ctx, "account re-linked", "user", userID, "connector", c.Name(), "connection", relinkID, "err", err)
-		return conn, err
+		if err != nil {
+			return conn, err
+		}
+		return conn, s.audit(ctx, broker.AuditEvent{Action: broker.AuditLink, Outcome: broker.OutcomeOK, Reason: "re-linked",
+			UserID: userID, Connector: c.Name(), ConnectionID: conn.ID})
 	}
 	id := broker.NewID()
 	key := broker.SecretKey{Owner: userID, Name: "conn-" + id}
@@ -258,7 +263,8 @@ func (s *Service) save(ctx context.Context, userID string, c connectors.Connecto
 		return broker.Connection{}, err
 	}
 	s.o.Logger.InfoContext(ctx, "account linked", "user", userID, "connector", c.Name(), "connection", id)
-	return conn, nil
+	return conn, s.audit(ctx, broker.AuditEvent{Action: broker.AuditLink, Outcome: broker.OutcomeOK,
+		UserID: userID, Connector: c.Name(), ConnectionID: id})
 }
 
 // Verify re-checks a connection upstream and records the outcome.
@@ -318,7 +324,8 @@ func (s *Service) Unlink(ctx context.Context, userID, id string) error {
 		return err
 	}
 	s.o.Logger.InfoContext(ctx, "account unlinked", "user", userID, "connector", conn.Connector, "connection", id)
-	return nil
+	return s.audit(ctx, broker.AuditEvent{Action: broker.AuditUnlink, Outcome: broker.OutcomeOK,
+		UserID: userID, Connector: conn.Connector, ConnectionID: id})
 }
 
 // ErrNeedsRelink is returned by Credential for a connection whose upstream
@@ -418,4 +425,16 @@ func (s *Service) markNeedsRelink(ctx context.Context, id string) {
 	}); err != nil {
 		s.o.Logger.ErrorContext(ctx, "mark connection needs re-link", "connection", id, "err", err)
 	}
+}
+
+// audit appends a record of a link change. The change has happened; a
+// failure to record it is returned so the user sees that something is
+// wrong, and logged.
+func (s *Service) audit(ctx context.Context, e broker.AuditEvent) error {
+	e.RequestID = httpx.RequestID(ctx)
+	if _, err := s.o.Store.Audit().Append(ctx, e); err != nil {
+		s.o.Logger.ErrorContext(ctx, "audit append failed", "action", e.Action, "err", err)
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
 }
