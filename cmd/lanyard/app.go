@@ -60,15 +60,7 @@ func openStore(cfg config.Config, obs broker.Observer) (*bolt.DB, error) {
 func openSecrets(ctx context.Context, cfg config.Config, db *bolt.DB, obs broker.Observer, log *slog.Logger) (broker.SecretStore, func(), error) {
 	switch cfg.Secrets.Backend {
 	case "vault":
-		v := cfg.Secrets.Vault
-		vc := vault.Config{
-			Address: v.Address, Token: v.Token, Mount: v.Mount, Prefix: v.Prefix,
-			Timeout: v.Timeout, CACert: v.CACert, Observer: obs, Logger: log,
-		}
-		if v.AppRole != nil {
-			vc.AppRole = &vault.AppRoleConfig{MountPath: v.AppRole.MountPath, RoleID: v.AppRole.RoleID, SecretID: v.AppRole.SecretID}
-		}
-		s, err := vault.New(ctx, vc)
+		s, err := vault.New(ctx, vaultConfig(cfg, obs, log))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -314,9 +306,30 @@ func (m *Main) configCmd(_ context.Context, args []string) error {
 	if *path == "" {
 		return usagef("config check: --config FILE is required")
 	}
-	if _, err := config.Load(*path, m.Getenv); err != nil {
+	cfg, err := config.Load(*path, m.Getenv)
+	if err != nil {
 		return err
+	}
+	// The checks `serve` would only make at start-up, short of contacting
+	// anything.
+	if cfg.Secrets.Backend == "vault" {
+		if err := vaultConfig(cfg, nil, nil).Validate(); err != nil {
+			return config.Problems{err.Error()}
+		}
 	}
 	fmt.Fprintln(m.Stdout, "configuration is valid")
 	return nil
+}
+
+// vaultConfig maps the config file's secrets.vault to the store's Config.
+func vaultConfig(cfg config.Config, obs broker.Observer, log *slog.Logger) vault.Config {
+	v := cfg.Secrets.Vault
+	vc := vault.Config{
+		Address: v.Address, Token: v.Token, Mount: v.Mount, Prefix: v.Prefix, Timeout: v.Timeout,
+		CACert: v.CACert, AllowInsecureHTTP: v.AllowInsecureHTTP, Observer: obs, Logger: log,
+	}
+	if v.AppRole != nil {
+		vc.AppRole = &vault.AppRoleConfig{MountPath: v.AppRole.MountPath, RoleID: v.AppRole.RoleID, SecretID: v.AppRole.SecretID}
+	}
+	return vc
 }
