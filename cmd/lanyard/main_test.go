@@ -436,3 +436,14 @@ func TestSweeperRemovesExpiredRecords(t *testing.T) {
 		t.Errorf("Sweep after the sweeper = %d, %v; want 0 left", n, err)
 	}
 }
+
+func TestConfigCheckRunsVaultValidation(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(f, []byte("issuer: https://l.example\nsecrets:\n  backend: vault\n  vault:\n    address: https://vault.example:8200\n    token: ${T}\n    mount: /secret\n    prefix: a/../b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, map[string]string{"T": "hvs.canary-config-token"}, "", "config", "check", "--config", f)
+	if code != exitUsage || strings.Contains(stderr, "canary-config-token") || !strings.Contains(stderr, "mount") {
+		t.Errorf("config check: exit %d, stderr %q; want 2 naming the mount and never the token", code, stderr)
+	}
+}
