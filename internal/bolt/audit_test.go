@@ -113,3 +113,27 @@ func TestAuditExport(t *testing.T) {
 		t.Errorf("Export after 2 = %d, %v:\n%s", n, err, sb.String())
 	}
 }
+
+// BenchmarkAuditAppend compares one appender with many: group commit lets
+// concurrent appends share an fsync.
+func BenchmarkAuditAppend(b *testing.B) {
+	ev := broker.AuditEvent{Action: broker.AuditRedeem, Outcome: broker.OutcomeOK, UserID: "u", ClientID: "c",
+		Resource: "https://mcp.example.com/mcp", Tool: "search_messages", Connector: "mail", ConnectionID: "conn", GrantID: "g"}
+	for _, par := range []int{1, 64} {
+		b.Run(map[int]string{1: "serial", 64: "parallel64"}[par], func(b *testing.B) {
+			db, err := Open(filepath.Join(b.TempDir(), "a.db"), Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			b.SetParallelism(par)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := db.Audit().Append(context.Background(), ev); err != nil {
+						b.Error(err)
+					}
+				}
+			})
+		})
+	}
+}

@@ -45,11 +45,17 @@ type Options struct {
 	// LockTimeout bounds how long Open waits for another process to release
 	// the file; 0 means one second.
 	LockTimeout time.Duration
+	// BatchDelay is how long a group commit (audit appends) waits for
+	// other writers to share its fsync; 0 means one millisecond.
+	BatchDelay time.Duration
 }
 
 func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.BatchDelay <= 0 {
+		o.BatchDelay = time.Millisecond
 	}
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = time.Second
@@ -124,6 +130,10 @@ func Open(path string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	// Group commit (batch) waits at most this long for company before it
+	// commits; bbolt's default of 10 ms would dominate a quiet server's
+	// latency.
+	bdb.MaxBatchDelay = opts.BatchDelay
 	db := &DB{bolt: bdb, path: path, now: opts.Now, obs: opts.Observer, sweepBatch: defaultSweepBatch}
 	db.users = newTable[broker.User](db, "users")
 	db.clients = newTable[broker.Client](db, "clients")
@@ -259,6 +269,32 @@ func (db *DB) view(ctx context.Context, op string, fn func(*bbolt.Tx) error) err
 // update runs fn in one read-write, fsynced transaction; see run.
 func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) error {
 	return db.run(ctx, op, true, fn)
+}
+
+// batch runs fn in a read-write transaction that bbolt may share with
+// other concurrent batch calls (db.Batch): one fsync commits them all, and
+// each caller returns only after that commit (group commit). fn may run
+// more than once if another function in its batch fails, so it must start
+// from what it reads in the transaction.
+func (db *DB) batch(ctx context.Context, op string, fn func(*bbolt.Tx) error) (err error) {
+	start := time.Now()
+	defer func() { db.obs.Observe(component, op, start, err) }()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("bolt %s: %w", op, err)
+	}
+	if db.closed.Load() {
+		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
+	}
+	var fnErr error
+	err = db.bolt.Batch(func(tx *bbolt.Tx) error { fnErr = fn(tx); return fnErr })
+	switch {
+	case err == nil || fnErr != nil:
+		return err
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
+		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
+	default:
+		return fmt.Errorf("bolt %s: %w: %w", op, broker.ErrUnavailable, err)
+	}
 }
 
 // run is exec, telling the observer how it went (op is "<kind>.<method>"
