@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 )
@@ -351,6 +352,9 @@ func validScope(s string) bool {
 // reject is the reason a token was refused; it never holds token data.
 type reject string
 
+// errUnknownKey is the reason for a kid that no trusted key has.
+const errUnknownKey = reject("unknown key")
+
 func (r reject) Error() string { return string(r) }
 
 func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalidToken, reason) }
@@ -364,27 +368,39 @@ func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalidToken,
 // little ahead. Every error wraps ErrInvalidToken. Verify does not check
 // the audience: the caller compares Claims.Audience with its own URI.
 func (k *Keyring) Verify(_ context.Context, raw string) (Claims, error) {
+	st := k.set()
+	now := k.opts.Now()
+	return verify(raw, k.opts.Issuer, now, func(kid string) (jwa.SignatureAlgorithm, any, bool) {
+		key := st.byKid[kid]
+		if key == nil || key.state(now) == StateExpired {
+			return "", nil, false
+		}
+		return key.alg, key.pub, true
+	})
+}
+
+// verify holds the checks that Keyring.Verify and RemoteVerifier.Verify
+// share. lookup returns the algorithm and public key of a trusted kid.
+func verify(raw, issuer string, now time.Time, lookup func(kid string) (jwa.SignatureAlgorithm, any, bool)) (Claims, error) {
 	if len(raw) > MaxTokenSize {
 		return Claims{}, invalid("too large")
 	}
 	if strings.Count(raw, ".") != 2 {
 		return Claims{}, invalid("not a compact JWS")
 	}
-	st := k.set()
-	now := k.opts.Now()
 	provider := jws.KeyProviderFunc(func(_ context.Context, sink jws.KeySink, sig *jws.Signature, _ *jws.Message) error {
 		h := sig.ProtectedHeaders()
 		if typ := h.Type(); !strings.EqualFold(typ, TypeHeader) && !strings.EqualFold(typ, "application/"+TypeHeader) {
 			return reject("typ is not at+jwt")
 		}
-		key := st.byKid[h.KeyID()]
-		if key == nil || key.state(now) == StateExpired {
-			return reject("unknown key")
+		alg, pub, ok := lookup(h.KeyID())
+		if !ok {
+			return errUnknownKey
 		}
-		if h.Algorithm() != key.alg {
+		if h.Algorithm() != alg {
 			return reject("algorithm does not match the key")
 		}
-		sink.Key(key.alg, key.pub)
+		sink.Key(alg, pub)
 		return nil
 	})
 	tok, err := jwt.Parse([]byte(raw),
@@ -392,7 +408,7 @@ func (k *Keyring) Verify(_ context.Context, raw string) (Claims, error) {
 		jwt.WithValidate(true),
 		jwt.WithClock(jwt.ClockFunc(func() time.Time { return now })),
 		jwt.WithAcceptableSkew(ClockSkew),
-		jwt.WithIssuer(k.opts.Issuer),
+		jwt.WithIssuer(issuer),
 		jwt.WithRequiredClaim(jwt.SubjectKey),
 		jwt.WithRequiredClaim(jwt.AudienceKey),
 		jwt.WithRequiredClaim(jwt.JwtIDKey),

@@ -278,7 +278,12 @@ func with(m map[string]any, kv ...any) map[string]any {
 	return m
 }
 
-func mustVerify(t testing.TB, k *token.Keyring, raw string) token.Claims {
+// verifier is what Keyring and RemoteVerifier have in common.
+type verifier interface {
+	Verify(ctx context.Context, raw string) (token.Claims, error)
+}
+
+func mustVerify(t testing.TB, k verifier, raw string) token.Claims {
 	t.Helper()
 	c, err := k.Verify(t.Context(), raw)
 	if err != nil {
@@ -287,7 +292,7 @@ func mustVerify(t testing.TB, k *token.Keyring, raw string) token.Claims {
 	return c
 }
 
-func mustReject(t testing.TB, k *token.Keyring, raw, why string) {
+func mustReject(t testing.TB, k verifier, raw, why string) {
 	t.Helper()
 	_, err := k.Verify(t.Context(), raw)
 	if !errors.Is(err, token.ErrInvalidToken) {
@@ -552,8 +557,10 @@ func TestVerifyRejects(t *testing.T) {
 		{"empty", "", ""},
 		{"oversized", forge(t, jwa.ES256, priv, hdr, with(goodClaims(now), "pad", strings.Repeat("x", token.MaxTokenSize))), "too large"},
 	}
+	remote := newRemote(t, k, clock, token.RemoteOptions{})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { mustReject(t, k, tc.raw, tc.why) })
+		t.Run(tc.name+"/remote", func(t *testing.T) { mustReject(t, remote, tc.raw, tc.why) })
 	}
 
 	t.Run("expiry within clock skew", func(t *testing.T) {
