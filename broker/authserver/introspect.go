@@ -11,10 +11,16 @@ import (
 	"github.com/lanyardhq/lanyard/broker/token"
 )
 
-// AuthenticateResource authenticates a registered MCP server by its id and
-// secret (client_secret_basic or client_secret_post). Redemption uses it
-// too.
+// AuthenticateResource authenticates a registered MCP server: by its id and
+// secret (client_secret_basic or client_secret_post), or, for a server
+// registered with private_key_jwt, by an RFC 7523 client assertion
+// (client_assertion_type and client_assertion in p) signed with a key of
+// its inline JWKS or JWKS URL. Introspection, redemption and token exchange
+// use it. Errors are oauth errors (invalid_client, invalid_request).
 func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oauth.Params) (broker.Resource, error) {
+	if p.Has("client_assertion") || p.Has("client_assertion_type") {
+		return s.authenticateAssertion(ctx, r, p)
+	}
 	id, secret, _, err := clientCredentials(r, p)
 	if err != nil {
 		return broker.Resource{}, err
@@ -30,6 +36,9 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 	if err != nil {
 		return res, err
 	}
+	if res.TokenEndpointAuthMethod == AuthPrivateKeyJWT {
+		return res, oauth.ErrInvalidClient.WithDescription("this MCP server must authenticate with private_key_jwt")
+	}
 	if !secretMatches(res.SecretHash, secret) {
 		return res, oauth.ErrInvalidClient.WithDescription("MCP server authentication failed")
 	}
@@ -42,7 +51,13 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.Claims, broker.Grant, error) {
 	c, err := s.o.Keys.Verify(ctx, raw)
 	if err != nil {
-		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription("the access token is invalid or expired").WithCause(err)
+		// token.Verify's reasons are fixed phrases that never quote the token.
+		reason := strings.TrimPrefix(err.Error(), token.ErrInvalidToken.Error()+": ")
+		desc := "the access token is invalid: " + reason
+		if reason == "expired" {
+			desc = "the access token has expired"
+		}
+		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription(desc).WithCause(err)
 	}
 	if aud != "" && c.Audience != aud {
 		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription("the access token was issued for another MCP server")
@@ -50,7 +65,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.
 	g, err := s.liveGrant(ctx, c.GrantID)
 	if err != nil {
 		if oauth.As(err).Code == oauth.ErrInvalidGrant.Code {
-			return c, g, oauth.ErrInvalidToken.WithDescription("the authorization behind this token was revoked")
+			return c, g, oauth.ErrInvalidToken.WithDescription("the access token was revoked (its grant is revoked or gone)")
 		}
 		return c, g, err
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/safehttp"
 )
 
 // Endpoint paths, relative to the issuer.
@@ -40,6 +41,9 @@ const (
 	PathDeviceAuth = "/device_authorization"
 	PathDevice     = "/device"  // user code entry page (web)
 	PathConsent    = "/consent" // consent page (web)
+	// PathRedeem is where MCP servers redeem agent tokens (broker/redeem);
+	// a client assertion may name it as its audience.
+	PathRedeem = "/v1/redeem"
 )
 
 // Grant type URNs.
@@ -47,6 +51,7 @@ const (
 	GrantAuthorizationCode = "authorization_code"
 	GrantRefreshToken      = "refresh_token"
 	GrantDeviceCode        = "urn:ietf:params:oauth:grant-type:device_code"
+	GrantTokenExchange     = "urn:ietf:params:oauth:grant-type:token-exchange" // RFC 8693, for MCP servers
 	ScopeOfflineAccess     = "offline_access"
 )
 
@@ -88,11 +93,21 @@ type Options struct {
 	// ShowError renders an error page for the user when an authorization
 	// request cannot be answered at the client's redirect URI.
 	ShowError func(w http.ResponseWriter, r *http.Request, status int, title, detail string)
+	// TokenExchange, if set, answers RFC 8693 token exchange requests at
+	// the token endpoint (broker/redeem). It is called before any client
+	// authentication: the caller is an MCP server, which it authenticates
+	// with AuthenticateResource.
+	TokenExchange func(w http.ResponseWriter, r *http.Request, p oauth.Params)
+	// JWKSClient fetches the JWKS URLs of MCP servers that use
+	// private_key_jwt; nil means a safehttp client (SSRF-guarded;
+	// loopback allowed only with Dev).
+	JWKSClient *http.Client
 }
 
 // Server is the authorization server.
 type Server struct {
-	o Options
+	o         Options
+	jwksCache *jwksCache
 }
 
 // New returns a Server.
@@ -109,7 +124,10 @@ func New(o Options) (*Server, error) {
 	if o.Clients == nil {
 		o.Clients = storeResolver{o.Store.Clients()}
 	}
-	return &Server{o: o}, nil
+	if o.JWKSClient == nil {
+		o.JWKSClient = safehttp.NewClient(safehttp.Options{AllowLoopback: o.Dev})
+	}
+	return &Server{o: o, jwksCache: newJWKSCache(o.JWKSClient)}, nil
 }
 
 // Mount adds the server's endpoints.
@@ -143,6 +161,12 @@ func (s *Server) Metadata(ctx context.Context) map[string]any {
 	}
 	sort.Strings(scopes)
 	authMethods := []string{"none", "client_secret_basic", "client_secret_post"}
+	grants := []string{GrantAuthorizationCode, GrantRefreshToken, GrantDeviceCode}
+	if s.o.TokenExchange != nil {
+		// Only MCP servers may use it (authenticated with a secret or
+		// private_key_jwt); the auth methods listed are those of OAuth clients.
+		grants = append(grants, GrantTokenExchange)
+	}
 	md := map[string]any{
 		"issuer":                                         s.o.Issuer,
 		"authorization_endpoint":                         s.url(PathAuthorize),
@@ -153,10 +177,10 @@ func (s *Server) Metadata(ctx context.Context) map[string]any {
 		"device_authorization_endpoint":                  s.url(PathDeviceAuth),
 		"response_types_supported":                       []string{"code"},
 		"response_modes_supported":                       []string{"query"},
-		"grant_types_supported":                          []string{GrantAuthorizationCode, GrantRefreshToken, GrantDeviceCode},
+		"grant_types_supported":                          grants,
 		"token_endpoint_auth_methods_supported":          authMethods,
 		"revocation_endpoint_auth_methods_supported":     authMethods,
-		"introspection_endpoint_auth_methods_supported":  []string{"client_secret_basic", "client_secret_post"},
+		"introspection_endpoint_auth_methods_supported":  []string{"client_secret_basic", "client_secret_post", "private_key_jwt"},
 		"code_challenge_methods_supported":               []string{"S256"},
 		"authorization_response_iss_parameter_supported": true,
 		"client_id_metadata_document_supported":          s.o.CIMD,

@@ -31,6 +31,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		oauth.WriteError(w, r, err)
 		return
 	}
+	if p.Get("grant_type") == GrantTokenExchange && s.o.TokenExchange != nil {
+		// The caller is an MCP server, not an OAuth client: the exchanger
+		// authenticates it (AuthenticateResource).
+		s.o.TokenExchange(w, r, p)
+		return
+	}
 	client, err := s.authenticateClient(ctx, r, p)
 	if err != nil {
 		s.logOAuthError(ctx, "token: client authentication failed", err)
