@@ -69,6 +69,9 @@ func commands() []command {
 		{"users", "SUBCOMMAND [flags]", "manage local users (add, list, set-password, delete)", (*Main).users},
 		{"config", "check --config FILE", "validate a configuration file and list every problem", (*Main).configCmd},
 		{"keys", "list|rotate [flags]", "list or rotate the access-token signing keys", (*Main).keysCmd},
+		{"resources", "SUBCOMMAND [flags]", "manage MCP servers (list, add, rotate-secret, delete)", (*Main).resources},
+		{"grants", "list|revoke [flags]", "list users' grants to agents, or revoke one", (*Main).grants},
+		{"audit", "verify|export [flags]", "verify the audit chain or export it as JSON lines", (*Main).auditCmd},
 		{"version", "", "print the version and build information", (*Main).version},
 	}
 }

@@ -16,7 +16,10 @@ import (
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/clientreg"
 	"github.com/lanyardhq/lanyard/broker/links"
+	"github.com/lanyardhq/lanyard/broker/oauth"
+	"github.com/lanyardhq/lanyard/broker/redeem"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/connectors"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
 	"github.com/lanyardhq/lanyard/internal/safehttp"
@@ -62,6 +65,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		})
 	}
 	var ui *web.UI
+	var rd *redeem.Service // set below; the token endpoint hands it token exchanges
 	auth, err := authserver.New(authserver.Options{
 		Issuer: a.url, Store: a.store, Keys: keys, Clients: resolver, Registration: registrar,
 		AccessTokenTTL: cfg.OAuth.AccessTokenTTL, RefreshTokenTTL: cfg.OAuth.RefreshTokenTTL,
@@ -71,6 +75,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		ShowError: func(w http.ResponseWriter, r *http.Request, status int, title, detail string) {
 			ui.ShowError(w, r, status, title, detail)
 		},
+		TokenExchange: func(w http.ResponseWriter, r *http.Request, p oauth.Params) { rd.Exchange(w, r, p) },
 	})
 	if err != nil {
 		return err
@@ -89,6 +94,14 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		return err
 	}
 	a.links = linkSvc
+	onward := map[string]bool{}
+	for _, c := range cfg.Connectors {
+		onward[c.Name] = c.Kind == connectors.KindOAuth2 && c.OAuth2.TokenExchange
+	}
+	if rd, err = redeem.New(redeem.Options{Auth: auth, Store: a.store, Links: linkSvc, Logger: a.log,
+		OnwardExchange: func(name string) bool { return onward[name] }}); err != nil {
+		return err
+	}
 	ui, err = web.New(web.Options{
 		Store: a.store, Auth: auth, Links: linkSvc, Secure: !cfg.Dev || isHTTPS(a.url), Key: csrfKey,
 		SessionTTL: cfg.OAuth.SessionTTL, Logger: a.log, VerifyPassword: password.Verify,
@@ -97,6 +110,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		return err
 	}
 	auth.Mount(a.srv)
+	rd.Mount(a.srv)
 	ui.Mount(a.srv)
 	return nil
 }
