@@ -199,7 +199,11 @@ func (s *mailServer) account(ctx context.Context, req *mcp.CallToolRequest, tool
 		log.Error("redeemed credential is unusable", "connection", cred.ConnectionID, "err", err)
 		return imapAccount{}, fmt.Errorf("the mail account from Lanyard is unusable: %v", err)
 	}
-	log.Info("redeemed", "connection", cred.ConnectionID, "expires_at", cred.ExpiresAt.UTC().Format(time.RFC3339))
+	if cred.ExpiresAt.IsZero() {
+		log.Info("redeemed", "connection", cred.ConnectionID)
+	} else {
+		log.Info("redeemed", "connection", cred.ConnectionID, "expires_at", cred.ExpiresAt.UTC().Format(time.RFC3339))
+	}
 	return a, nil
 }
 
