@@ -29,7 +29,12 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/clientreg"
+	"github.com/lanyardhq/lanyard/broker/links"
+	"github.com/lanyardhq/lanyard/broker/oauth"
+	"github.com/lanyardhq/lanyard/broker/redeem"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/connectors"
+	"github.com/lanyardhq/lanyard/connectors/apikey"
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
@@ -71,7 +76,21 @@ type Options struct {
 	Now func() time.Time
 	// Redeem, if not nil, serves POST /v1/redeem.
 	Redeem http.Handler
+	// RealRedeem mounts Lanyard's own /v1/redeem (broker/redeem) with an
+	// API key connector named APIKeyConnector, and links AliceAPIKey for
+	// the user through the link service; Token then puts that connection in
+	// the grant. The MCP server's policy allows ToolRead with mail.read and
+	// ToolSend with mail.send.
+	RealRedeem bool
 }
+
+// The world of Options.RealRedeem.
+const (
+	APIKeyConnector = "keys"
+	AliceAPIKey     = "alice-api-key-0123456789"
+	ToolRead        = "search_messages"
+	ToolSend        = "send_message"
+)
 
 // World is a running Lanyard.
 type World struct {
@@ -81,6 +100,11 @@ type World struct {
 	Store    *bolt.DB
 	Keys     *token.Keyring
 	JWKSHits atomic.Int64 // requests to /jwks.json
+	// Auth is the authorization server (RevokeGrant revokes).
+	Auth *authserver.Server
+	// Connection is the connection Token puts in the grant.
+	Connection string
+	links      *links.Service
 }
 
 // New starts Lanyard; it stops when t's test ends.
@@ -120,8 +144,14 @@ func New(t TB, o Options) *World {
 		t.Fatal(err)
 	}
 	var ui *web.UI
+	var rd *redeem.Service
+	var exchange func(http.ResponseWriter, *http.Request, oauth.Params)
+	if o.RealRedeem {
+		exchange = func(rw http.ResponseWriter, r *http.Request, p oauth.Params) { rd.Exchange(rw, r, p) }
+	}
 	auth, err := authserver.New(authserver.Options{
-		Issuer: w.Issuer, Store: db, Keys: w.Keys, Dev: true, Now: now,
+		TokenExchange: exchange,
+		Issuer:        w.Issuer, Store: db, Keys: w.Keys, Dev: true, Now: now,
 		Clients: clientreg.NewResolver(clientreg.ResolverOptions{Clients: db.Clients(), DevLoopback: true, Now: now,
 			HTTP: safehttp.NewClient(safehttp.Options{AllowLoopback: true})}),
 		AccessTokenTTL: 10 * time.Minute, RefreshTokenTTL: 24 * time.Hour, DeviceCodeTTL: 10 * time.Minute,
@@ -135,12 +165,29 @@ func New(t TB, o Options) *World {
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	if ui, err = web.New(web.Options{Store: db, Auth: auth, Key: key, Logger: log, Now: now,
+	w.Auth = auth
+	if o.RealRedeem {
+		conn, err := apikey.New(APIKeyConnector, "Keys", config.APIKeyConnector{Header: "X-Api-Key"}, apikey.Options{Dev: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.links, err = links.New(links.Options{Store: db, Secrets: secrets, Connectors: []connectors.Connector{conn}, Key: key,
+			CallbackURL: w.Issuer + web.PathCallback, Now: now, Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+		if rd, err = redeem.New(redeem.Options{Auth: auth, Store: db, Links: w.links, Now: now, Logger: log}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ui, err = web.New(web.Options{Store: db, Auth: auth, Links: w.links, Key: key, Logger: log, Now: now,
 		VerifyPassword: password.Verify}); err != nil {
 		t.Fatal(err)
 	}
 	auth.Mount(srv)
 	ui.Mount(srv)
+	if rd != nil {
+		rd.Mount(srv)
+	}
 	w.Server.Start()
 	t.Cleanup(w.Server.Close)
 	w.seed(ctx, now())
@@ -156,7 +203,11 @@ func (w *World) seed(ctx context.Context, now time.Time) {
 	}
 	must(w.Store.Resources().Create(ctx, broker.Resource{ID: ResourceID, URI: ResourceURI, Name: "Mail MCP",
 		Scopes: []string{"mail.read", "mail.send"}, DefaultScopes: []string{"mail.read"},
-		SecretHash: broker.HashSecret(ResourceSecret), CreatedAt: now}))
+		SecretHash: broker.HashSecret(ResourceSecret), Connectors: []string{Connector, APIKeyConnector},
+		Policy: broker.ToolPolicy{Tools: []broker.ToolRule{
+			{Name: ToolRead, Scopes: []string{"mail.read"}},
+			{Name: ToolSend, Scopes: []string{"mail.send"}},
+		}}, CreatedAt: now}))
 	must(w.Store.Clients().Create(ctx, broker.Client{ID: Agent, Kind: broker.ClientStatic, Name: "Agent",
 		RedirectURIs: []string{RedirectURI}, GrantTypes: []string{authserver.GrantAuthorizationCode, authserver.GrantRefreshToken},
 		CreatedAt: now}))
@@ -165,6 +216,12 @@ func (w *World) seed(ctx context.Context, now time.Time) {
 	must(w.Store.Users().Create(ctx, broker.User{ID: UserID, Username: User, PasswordHash: string(h), CreatedAt: now, UpdatedAt: now}))
 	must(w.Store.Connections().Create(ctx, broker.Connection{ID: ConnectionID, UserID: UserID, Connector: Connector,
 		Kind: "basic", Account: "alice@mail", Status: broker.ConnectionActive, CreatedAt: now, UpdatedAt: now}))
+	w.Connection = ConnectionID
+	if w.links != nil {
+		c, err := w.links.LinkForm(ctx, UserID, APIKeyConnector, "", connectors.Input{apikey.FieldKey: broker.SecretString(AliceAPIKey)})
+		must(err)
+		w.Connection = c.ID
+	}
 }
 
 // Token runs the authorization code flow with PKCE for the agent, the way
@@ -198,7 +255,7 @@ func (w *World) Token(scopes ...string) *oauth2.Token {
 	}
 	_, page := b.get(next)
 	resp, body := b.post(authserver.PathConsent, url.Values{"req": {reqID}, "decision": {"approve"},
-		"csrf_token": {csrf(t, page)}, "connection": {ConnectionID}})
+		"csrf_token": {csrf(t, page)}, "connection": {w.Connection}})
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("consent: status %d:\n%s", resp.StatusCode, body)
 	}
