@@ -2,6 +2,7 @@ package redeem_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -12,7 +13,12 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/connectors"
 	"github.com/lanyardhq/lanyard/connectors/apikey"
+	"github.com/lanyardhq/lanyard/connectors/oauthconn"
+	"github.com/lanyardhq/lanyard/internal/config"
+	"github.com/lanyardhq/lanyard/internal/testenv"
+	"github.com/lanyardhq/lanyard/web"
 )
 
 func TestRedeemSuccess(t *testing.T) {
@@ -370,4 +376,90 @@ func withForm(v url.Values, k, val string) url.Values {
 		out.Set(k, val)
 	}
 	return out
+}
+
+// TestTokenExchangeAtRealProvider: alice links an account at a real OpenID
+// provider (npm oidc-provider); the MCP server exchanges her agent's token
+// for the upstream access token, which is refreshed first when it is about
+// to expire. Policy and the onward-exchange setting still apply.
+func TestTokenExchangeAtRealProvider(t *testing.T) {
+	ctx := context.Background()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	prov := testenv.StartOIDCProvider(t, testenv.OIDCClient{ID: "lanyard", Secret: "provider-client-secret-0123456789",
+		RedirectURIs: []string{base + web.PathCallback + "/idp"}})
+	idp, err := oauthconn.New(ctx, "idp", "Company IdP", config.OAuth2Connector{Preset: "oidc", Issuer: prov.Issuer,
+		ClientID: "lanyard", ClientSecret: "provider-client-secret-0123456789", Scopes: []string{"openid", "email", "offline_access"}},
+		oauthconn.Options{Dev: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorldWith(t, worldOptions{extra: []connectors.Connector{idp}, ln: ln})
+	authURL, err := w.links.BeginLink(ctx, "id-alice", "session-1", "idp", "")
+	w.must(err)
+	conn, err := w.links.CompleteLink(ctx, "id-alice", "session-1", "idp", prov.Login(t, authURL).Query())
+	w.must(err)
+	stored := func() string {
+		sec, _, err := w.secrets.Get(ctx, conn.SecretKey)
+		w.must(err)
+		at, _ := sec.Field("access_token")
+		return at
+	}
+	tok := w.tokenFor("alice", mcpURI, "mail.read", conn.ID, w.aliceKeys)
+
+	form := withForm(exchangeForm(tok, "urn:lanyard:connector:idp"), "tool", "exchange")
+	r := w.exchange(mcpID, mcpSecret, form)
+	if r.status != 200 || r.str("access_token") != stored() || r.str("issued_token_type") != "urn:ietf:params:oauth:token-type:access_token" ||
+		r.str("token_type") != "Bearer" {
+		t.Fatalf("exchange: %d %v", r.status, r.body)
+	}
+	if in, _ := r.body["expires_in"].(float64); in <= 0 || in > 3600*24 {
+		t.Errorf("expires_in = %v", r.body["expires_in"])
+	}
+	if r.hdr.Get("Cache-Control") != "no-store" {
+		t.Errorf("Cache-Control = %q", r.hdr.Get("Cache-Control"))
+	}
+	if ev := w.lastAudit(); ev.Action != broker.AuditExchange || ev.Outcome != broker.OutcomeOK || ev.ConnectionID != conn.ID ||
+		ev.Tool != "exchange" || ev.UserID != "id-alice" || ev.Resource != mcpURI {
+		t.Errorf("audit record = %+v", ev)
+	}
+	// /v1/redeem hands out the same token as an oauth2 credential.
+	rr := w.redeem(mcpID, mcpSecret, req(tok, "idp", policyRead))
+	if cred, _ := rr.body["credential"].(map[string]any); rr.status != 200 || rr.str("type") != "oauth2" || cred["access_token"] != stored() {
+		t.Errorf("redeem idp: %d %v", rr.status, rr.body)
+	}
+	// Policy: a tool needing mail.send, and no tool at all (default deny).
+	checkDenied(t, w.exchange(mcpID, mcpSecret, withForm(form, "tool", policySend)), 403, "insufficient_scope", "mail.send")
+	checkDenied(t, w.exchange(mcpID, mcpSecret, withForm(form, "tool", "")), 403, "access_denied", "tool not allowed")
+	// Onward exchange configured: refused, saying it is not implemented.
+	w.onward.Store(true)
+	checkDenied(t, w.exchange(mcpID, mcpSecret, form), 400, "invalid_target", "does not implement")
+	w.onward.Store(false)
+	// Close to its expiry the upstream token is refreshed before it is
+	// handed out, and the rotated secret is what the server gets.
+	before := stored()
+	w.clock.Advance(2 * time.Hour) // the provider's tokens live 1h; ours within the skew now
+	tok = w.tokenFor("alice", mcpURI, "mail.read", conn.ID)
+	r = w.exchange(mcpID, mcpSecret, withForm(form, "subject_token", tok))
+	if r.status != 200 || r.str("access_token") == before || r.str("access_token") != stored() {
+		t.Errorf("exchange near expiry: %d %v; want a refreshed token (old %q)", r.status, r.body, before)
+	}
+}
+
+// BenchmarkRedeem measures the hot path: authenticate the MCP server,
+// verify the token, load grant and connection, apply policy, read the
+// secret, append the audit record (fsync), record the grant's use.
+func BenchmarkRedeem(b *testing.B) {
+	w := newWorld(b)
+	tok := w.tokenFor("alice", mcpURI, "mail.read", w.aliceKeys)
+	body := req(tok, "keys", policyRead)
+	b.ResetTimer()
+	for b.Loop() {
+		if r := w.redeem(mcpID, mcpSecret, body); r.status != 200 {
+			b.Fatalf("redeem: %d %v", r.status, r.body)
+		}
+	}
 }

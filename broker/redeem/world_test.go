@@ -99,7 +99,7 @@ func (brokenLog) Append(context.Context, broker.AuditEvent) (broker.AuditEvent, 
 }
 
 type world struct {
-	t       *testing.T
+	t       testing.TB
 	clock   *fakeClock
 	issuer  string
 	store   *bolt.DB
@@ -118,9 +118,9 @@ type worldOptions struct {
 	ln    net.Listener           // listen here (the provider needs the callback URL first)
 }
 
-func newWorld(t *testing.T) *world { t.Helper(); return newWorldWith(t, worldOptions{}) }
+func newWorld(t testing.TB) *world { t.Helper(); return newWorldWith(t, worldOptions{}) }
 
-func newWorldWith(t *testing.T, o worldOptions) *world {
+func newWorldWith(t testing.TB, o worldOptions) *world {
 	t.Helper()
 	ctx := context.Background()
 	w := &world{t: t, clock: &fakeClock{t: time.Now().Truncate(time.Second)}}
@@ -338,7 +338,12 @@ func (b *browser) authorize(authURL, user string, connections []string) *url.URL
 	if resp.StatusCode == http.StatusSeeOther && strings.HasPrefix(resp.Header.Get("Location"), "/login") {
 		_, page := b.do("GET", "/login?"+url.Values{"req": {req}}.Encode(), nil)
 		resp, _ = b.do("POST", "/login", url.Values{"username": {user}, "password": {userPass}, "csrf_token": {b.csrf(page)}, "req": {req}})
-		b.do("GET", resp.Header.Get("Location"), nil)
+		resp, _ = b.do("GET", resp.Header.Get("Location"), nil)
+	}
+	if loc := resp.Header.Get("Location"); resp.StatusCode == http.StatusSeeOther && strings.HasPrefix(loc, redirect) {
+		u, err := url.Parse(loc) // consent remembered: no consent screen
+		b.w.must(err)
+		return u
 	}
 	_, page := b.do("GET", next, nil)
 	resp, body = b.do("POST", authserver.PathConsent, url.Values{"req": {req}, "decision": {"approve"},
