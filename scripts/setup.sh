@@ -12,6 +12,7 @@ APT_PACKAGES=(ca-certificates git curl gcc libc6-dev
   chromium   # e2e/: the browser playwright-core drives (/usr/bin/chromium)
   dovecot-core dovecot-imapd  # connectors/basic: real IMAP server (internal/testenv.StartDovecot)
   redis-server                # connectors/socket: real redis on a Unix socket (testenv.StartRedis)
+  etcd-server etcd-client     # internal/etcd: real etcd 3.4 on loopback (testenv.StartEtcd, StartEtcdCluster)
 )
 
 STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
