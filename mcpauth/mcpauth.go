@@ -49,6 +49,8 @@ import (
 const (
 	// DefaultMaxCredentialTTL is Config.MaxCredentialTTL when it is zero.
 	DefaultMaxCredentialTTL = 60 * time.Second
+	// NoCredentialCache as Config.MaxCredentialTTL redeems at every call.
+	NoCredentialCache time.Duration = -1
 	// CredentialExpirySkew is how long before its own expiry a redeemed
 	// credential stops being served from the cache.
 	CredentialExpirySkew = 30 * time.Second
@@ -97,8 +99,10 @@ type Config struct {
 	// MaxCredentialTTL bounds how long a redeemed credential is served from
 	// the cache; it is also how long a revoked grant may go unnoticed by
 	// Redeem. A credential is never cached beyond its own expiry (less
-	// CredentialExpirySkew) either. Default DefaultMaxCredentialTTL; it
-	// must not be negative.
+	// CredentialExpirySkew) either. Zero means DefaultMaxCredentialTTL;
+	// NoCredentialCache (any negative value) turns the cache off, so every
+	// tool call is decided and audited by Lanyard and a revocation is seen
+	// at once.
 	MaxCredentialTTL time.Duration
 	// JWKSMinRefetch is the least time between two fetches of Lanyard's
 	// JWKS caused by tokens with unknown key ids. Default
@@ -130,9 +134,6 @@ func (cfg Config) validate() error {
 	}
 	if err := checkURL("resource", cfg.Resource); err != nil {
 		errs = append(errs, err)
-	}
-	if cfg.MaxCredentialTTL < 0 {
-		errs = append(errs, errors.New("max credential TTL is negative"))
 	}
 	if cfg.JWKSMinRefetch < 0 {
 		errs = append(errs, errors.New("JWKS min refetch is negative"))

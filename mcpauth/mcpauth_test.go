@@ -298,8 +298,8 @@ func TestMetadata(t *testing.T) {
 
 func TestNewChecks(t *testing.T) {
 	w := lanyardtest.New(t, lanyardtest.Options{})
-	_, err := mcpauth.New(t.Context(), mcpauth.Config{Resource: "ftp://x/y#f", MaxCredentialTTL: -1, ClientID: "a", Scopes: []string{"a b"}})
-	for _, want := range []string{"issuer is required", "resource", "max credential TTL", "client secret", "scope"} {
+	_, err := mcpauth.New(t.Context(), mcpauth.Config{Resource: "ftp://x/y#f", JWKSMinRefetch: -1, ClientID: "a", Scopes: []string{"a b"}})
+	for _, want := range []string{"issuer is required", "resource", "JWKS min refetch", "client secret", "scope"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("New with a bad config: %v; want it to mention %q", err, want)
 		}

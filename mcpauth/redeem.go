@@ -232,8 +232,9 @@ func (c *Client) Redeem(ctx context.Context, tok *Token, connector, tool string)
 		cred, err := c.redeem(rctx, tok.Raw, connector, tool)
 		var re *RedeemError
 		switch {
-		case err == nil:
+		case err == nil && c.cfg.MaxCredentialTTL > 0:
 			c.credentials.put(key, cred, gen, c.cfg.Now(), c.cfg.MaxCredentialTTL)
+		case err == nil:
 		case errors.As(err, &re) && re.Code == CodeInvalidToken:
 			c.markRevoked(tok)
 			c.credentials.dropGrant(tok.GrantID)

@@ -442,3 +442,19 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestNoCredentialCache: with the cache off every Redeem asks Lanyard.
+func TestNoCredentialCache(t *testing.T) {
+	e := newRedeemEnv(t, func(cfg *mcpauth.Config) { cfg.MaxCredentialTTL = mcpauth.NoCredentialCache })
+	for range 3 {
+		if _, err := e.c.Redeem(t.Context(), e.tok, "mail", "search"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.f.mu.Lock()
+	n := len(e.f.calls)
+	e.f.mu.Unlock()
+	if n != 3 {
+		t.Errorf("%d redeem requests for 3 calls with the cache off, want 3", n)
+	}
+}

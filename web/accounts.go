@@ -78,10 +78,7 @@ func (u *UI) accounts(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	names := map[string]string{}
-	for _, c := range u.o.Links.Connectors() {
-		names[c.Name()] = c.DisplayName()
-	}
+	names := u.connectorNames()
 	securityHeaders(w, u.redirectOrigins(r.Context()))
 	u.render(w, r, http.StatusOK, "accounts", map[string]any{
 		"User": user, "CSRF": u.csrfToken(w, r), "Connections": conns, "Names": names,

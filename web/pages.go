@@ -196,6 +196,7 @@ func (u *UI) consentForm(w http.ResponseWriter, r *http.Request) error {
 		"Scopes": pd.Request.Scopes, "RedirectHost": host,
 		"Localhost":   redirect != nil && oauth.IsLoopbackHost(redirect.Hostname()),
 		"Connections": pd.Connections, "Offline": slices.Contains(pd.Request.Scopes, authserver.ScopeOfflineAccess),
+		"Names": u.connectorNames(),
 	})
 	return nil
 }
@@ -265,7 +266,7 @@ func (u *UI) device(w http.ResponseWriter, r *http.Request) error {
 	}
 	u.render(w, r, http.StatusOK, "device_confirm", map[string]any{
 		"CSRF": u.csrfToken(w, r), "UserCode": dp.UserCode, "User": user, "Client": dp.Client,
-		"Resource": dp.Resource, "Scopes": dp.Scopes, "Connections": dp.Connections,
+		"Resource": dp.Resource, "Scopes": dp.Scopes, "Connections": dp.Connections, "Names": u.connectorNames(),
 	})
 	return nil
 }
@@ -323,8 +324,9 @@ func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 	if err != nil {
 		return nil, err
 	}
+	names := u.connectorNames()
 	for _, c := range list {
-		conns[c.ID] = c.Connector + ": " + c.Account
+		conns[c.ID] = names[c.Connector] + ": " + c.Account
 	}
 	grants, err := broker.ListAll(ctx, u.o.Store.Grants(), broker.Query{Index: broker.IndexUser, Value: user.ID})
 	if err != nil {
@@ -361,4 +363,17 @@ func (u *UI) audit(ctx context.Context, e broker.AuditEvent) {
 	if _, err := u.o.Store.Audit().Append(ctx, e); err != nil {
 		u.o.Logger.ErrorContext(ctx, "audit append failed", "action", e.Action, "err", err)
 	}
+}
+
+// connectorNames maps connector names to the names people see; a connector
+// no longer configured shows under its own name.
+func (u *UI) connectorNames() map[string]string {
+	names := map[string]string{}
+	if u.o.Links == nil {
+		return names
+	}
+	for _, c := range u.o.Links.Connectors() {
+		names[c.Name()] = c.DisplayName()
+	}
+	return names
 }

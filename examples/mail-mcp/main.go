@@ -151,9 +151,7 @@ func newHandler(ctx context.Context, o options, log *slog.Logger, httpClient *ht
 	}
 	ttl := o.maxCredentialTTL
 	if ttl == 0 {
-		// mcpauth reads 0 as its default (a minute); a nanosecond means a
-		// credential is never served from its cache.
-		ttl = time.Nanosecond
+		ttl = mcpauth.NoCredentialCache
 	}
 	c, err := mcpauth.New(ctx, mcpauth.Config{
 		Issuer:           o.issuer,
