@@ -530,3 +530,63 @@ func TestCluster(t *testing.T) {
 		t.Errorf("after the member rejoined: %d, %v; want %d", u.FailedLogins, err, 50-failed)
 	}
 }
+
+// TestSweepReplicas sweeps a backlog larger than one batch from two
+// replicas at once: every expired record is removed and counted once, with
+// its index, expiry and unique-value keys, and live records stay.
+func TestSweepReplicas(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	a, b := e.replica(t, clock.Now), e.replica(t, clock.Now)
+	a.sweepBatch, b.sweepBatch = 7, 7
+	const expired, alive = 60, 10
+	for i := range expired + alive {
+		ttl := time.Minute
+		if i >= expired {
+			ttl = time.Hour
+		}
+		d := broker.DeviceCode{ID: fmt.Sprintf("dev-%03d", i), UserCode: fmt.Sprintf("UC-%03d", i), ClientID: "c",
+			ExpiresAt: clock.Now().Add(ttl)}
+		if err := a.DeviceCodes().Create(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(2 * time.Minute)
+	var n [2]int
+	var errs [2]error
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, s := range []*Store{a, b} {
+		wg.Go(func() { n[i], errs[i] = s.Sweep(ctx) })
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil || n[0]+n[1] != expired {
+		t.Errorf("two concurrent Sweeps removed %d and %d (%v, %v); want %d in all", n[0], n[1], errs[0], errs[1], expired)
+	}
+	t.Logf("two replicas swept %d expired device codes (batches of 7) in %v: %d and %d", expired, time.Since(start), n[0], n[1])
+	count := func(what string) int64 {
+		resp, err := e.admin.Get(ctx, a.Prefix()+what, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	for _, what := range []string{"rec/device_codes/", "idx/device_codes/", "exp/device_codes/", "uniq/device_codes/"} {
+		if got := count(what); got != alive {
+			t.Errorf("%d keys under %s after Sweep, want %d", got, what, alive)
+		}
+	}
+	if n, err := a.Sweep(ctx); err != nil || n != 0 {
+		t.Errorf("Sweep again = %d, %v; want 0", n, err)
+	}
+}
+
+func TestOptionsRedact(t *testing.T) {
+	o := Options{Endpoints: []string{"https://etcd:2379"}, Username: "lanyard", Password: "hunter2"}
+	for _, s := range []string{o.String(), fmt.Sprintf("%v %+v %#v", o, o, o), o.LogValue().String()} {
+		if strings.Contains(s, "hunter2") || !strings.Contains(s, "lanyard") {
+			t.Errorf("formatted options %q: want the user name and no password", s)
+		}
+	}
+}
