@@ -590,3 +590,69 @@ func TestOptionsRedact(t *testing.T) {
 		}
 	}
 }
+
+// TestAuth runs the store as an etcd user whose role may read and write
+// the store's prefix only (the least privilege a deployment should give
+// Lanyard), and checks that a wrong password or a prefix outside the role
+// fails Open.
+func TestAuth(t *testing.T) {
+	eps := testenv.StartEtcd(t)
+	admin := adminClient(t, eps)
+	ctx := context.Background()
+	prefix := testPrefix(t)
+	err := func() error {
+		for _, step := range []func() error{
+			func() error { _, err := admin.UserAdd(ctx, "root", "root-pw"); return err },
+			func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+			func() error { _, err := admin.RoleAdd(ctx, "lanyard"); return err },
+			func() error {
+				_, err := admin.RoleGrantPermission(ctx, "lanyard", prefix, clientv3.GetPrefixRangeEnd(prefix),
+					clientv3.PermissionType(clientv3.PermReadWrite))
+				return err
+			},
+			func() error { _, err := admin.UserAdd(ctx, "lanyard", "lanyard-pw"); return err },
+			func() error { _, err := admin.UserGrantRole(ctx, "lanyard", "lanyard"); return err },
+			func() error { _, err := admin.AuthEnable(ctx); return err },
+		} {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	if err != nil {
+		t.Fatalf("setting up etcd users: %v", err)
+	}
+	root, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Username: "root", Password: "root-pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = root.Close() })
+	deletePrefixAtCleanup(t, root, prefix)
+
+	s := open(t, Options{Endpoints: eps, Prefix: prefix, Username: "lanyard", Password: "lanyard-pw"})
+	if err := s.Users().Create(ctx, broker.User{ID: "u-1", Username: "alice"}); err != nil {
+		t.Errorf("Create as the lanyard user: %v", err)
+	}
+	if _, err := s.Users().Update(ctx, "u-1", func(u broker.User) (broker.User, error) { u.Admin = true; return u, nil }); err != nil {
+		t.Errorf("Update as the lanyard user: %v", err)
+	}
+	if _, err := s.Audit().Append(ctx, broker.AuditEvent{Action: broker.AuditLogin, Outcome: broker.OutcomeOK}); err != nil {
+		t.Errorf("Append as the lanyard user: %v", err)
+	}
+	for name, opts := range map[string]Options{
+		"wrong password":    {Endpoints: eps, Prefix: prefix, Username: "lanyard", Password: "wrong"},
+		"no credentials":    {Endpoints: eps, Prefix: prefix},
+		"prefix not theirs": {Endpoints: eps, Prefix: "/elsewhere/", Username: "lanyard", Password: "lanyard-pw"},
+	} {
+		if s, err := Open(ctx, opts); err == nil {
+			_ = s.Close()
+			t.Errorf("Open with %s succeeded, want an error", name)
+		} else if !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "access denied") {
+			t.Errorf("Open with %s: %v, want access denied, matching ErrUnavailable", name, err)
+		} else {
+			t.Logf("Open with %s: %v", name, err)
+		}
+	}
+}

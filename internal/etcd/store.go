@@ -217,7 +217,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// would repeat them on stderr on every retry.
 		Logger: zap.NewNop(),
 	})
-	if err != nil {
+	switch {
+	case deniedErr(err):
+		return nil, fmt.Errorf("etcd: connect to %v: %w: %w", opts.Endpoints, errDenied, err)
+	case err != nil:
 		return nil, fmt.Errorf("etcd: connect to %v: %w: %v", opts.Endpoints, broker.ErrUnavailable, err)
 	}
 	s := &Store{client: cli, prefix: opts.Prefix, now: opts.Now, obs: opts.Observer,
@@ -370,11 +373,32 @@ func (s *Store) mapErr(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || code == codes.DeadlineExceeded:
 		return fmt.Errorf("etcd %s: no answer within %v: %w", op, s.timeout, broker.ErrUnavailable)
+	case deniedErr(err):
+		return fmt.Errorf("etcd %s: %w: %w", op, errDenied, err)
 	case code == codes.InvalidArgument || code == codes.OutOfRange:
 		return fmt.Errorf("etcd %s: %w: %v", op, broker.ErrInvalid, err)
 	default:
 		return fmt.Errorf("etcd %s: %w: %v", op, broker.ErrUnavailable, err)
 	}
+}
+
+// errDenied is how a refusal of the credentials or of access to the prefix
+// is reported: the store cannot serve requests (so it wraps
+// broker.ErrUnavailable) until an operator fixes the configuration.
+var errDenied = fmt.Errorf("access denied (check Username, Password and that the user's role may read and write the prefix): %w",
+	broker.ErrUnavailable)
+
+// deniedErr reports whether err is etcd refusing the credentials or the
+// access.
+func deniedErr(err error) bool {
+	code := status.Code(err)
+	var ee rpctypes.EtcdError
+	if errors.As(err, &ee) {
+		code = ee.Code()
+	}
+	return code == codes.PermissionDenied || code == codes.Unauthenticated ||
+		errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed) ||
+		errors.Is(err, rpctypes.ErrGRPCUserEmpty) || errors.Is(err, rpctypes.ErrGRPCAuthFailed)
 }
 
 // retry runs attempt until it reports that its transaction committed or
