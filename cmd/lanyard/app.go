@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/bolt"
@@ -32,6 +33,7 @@ type app struct {
 	closeSec func()
 	srv      *server.Server
 	keys     *token.Keyring
+	auth     *authserver.Server
 	links    *links.Service
 	ln       net.Listener
 	url      string // the public base URL (the issuer)

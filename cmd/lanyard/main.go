@@ -72,6 +72,7 @@ func commands() []command {
 		{"resources", "SUBCOMMAND [flags]", "manage MCP servers (list, add, rotate-secret, delete)", (*Main).resources},
 		{"grants", "list|revoke [flags]", "list users' grants to agents, or revoke one", (*Main).grants},
 		{"audit", "verify|export [flags]", "verify the audit chain or export it as JSON lines", (*Main).auditCmd},
+		{"bench", "[flags]", "measure the redeem hot path under load against Vault (see BENCHMARKS.md)", (*Main).bench},
 		{"version", "", "print the version and build information", (*Main).version},
 	}
 }

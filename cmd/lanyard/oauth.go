@@ -80,6 +80,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 	if err != nil {
 		return err
 	}
+	a.auth = auth
 	conns, err := buildConnectors(ctx, cfg)
 	if err != nil {
 		return err

@@ -1,0 +1,741 @@
+package main
+
+// `lanyard bench` is the load harness of the redeem hot path (BENCHMARKS.md).
+//
+// It is a subcommand of lanyard rather than a command of its own because the
+// server it measures must be wired exactly as `lanyard serve` wires it
+// (openApp, mountOAuth: package main) and seeded through the services users
+// go through (links.Service, authserver.Decide), which only this package
+// can reach without copying the wiring. The binary runs twice: this process
+// is the load generator; `lanyard bench server` (bench_server.go) is the
+// seeded Lanyard in a child process, so its CPU time and peak RSS are
+// measured apart from the client's; `lanyard bench ceiling` is the
+// trivial JSON handler of the ceiling, a child process too.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+)
+
+type benchFlags struct {
+	users, extraGrants, concurrency, codes int
+	duration, warmup                       time.Duration
+	jsonOut, profile, keep, only           string
+	vaultPid                               int
+	logLevel                               string
+}
+
+// bench is `lanyard bench`: the load generator, or (first argument) one of
+// its child processes.
+func (m *Main) bench(ctx context.Context, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "server":
+			return m.benchServer(ctx, args[1:])
+		case "ceiling":
+			return m.benchCeiling(ctx, args[1:])
+		}
+	}
+	fs := m.flagSet("bench", "[flags]", `Measures the redeem hot path under load (see BENCHMARKS.md). It starts a fresh
+Lanyard (bbolt in a temporary directory, the real Vault at VAULT_ADDR with
+VAULT_TOKEN) in a child process, seeds --users users, each with a linked API
+key and OAuth account and a grant, and drives it over loopback with
+--concurrency keep-alive connections: redeem, RFC 8693 exchange,
+introspection, authorization-code exchange and refresh, next to the
+Vault-direct baseline (the same API key read from Vault KV v2) and the ceiling
+(a trivial Go JSON handler in a child process). It prints a table and writes
+JSON with every figure also as a ratio to the baseline and to the ceiling.
+('lanyard bench server' and 'lanyard bench ceiling' are its child processes.)`)
+	var f benchFlags
+	fs.IntVar(&f.users, "users", 200, "users, each with two linked connections and one grant")
+	fs.IntVar(&f.extraGrants, "extra-grants", 0, "more grants in the store (not redeemed), to measure a large grant table")
+	fs.IntVar(&f.concurrency, "concurrency", 64, "concurrent keep-alive connections")
+	fs.DurationVar(&f.duration, "duration", 5*time.Second, "measured time of each timed scenario")
+	fs.DurationVar(&f.warmup, "warmup", time.Second, "unmeasured time before each timed scenario")
+	fs.IntVar(&f.codes, "codes", 1000, "authorization codes to mint and exchange (at most 60 s old when used)")
+	fs.StringVar(&f.jsonOut, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the server taken during the redeem scenario")
+	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run (default all): ceiling,vault,redeem,exchange,introspect,code,refresh")
+	fs.IntVar(&f.vaultPid, "vault-pid", 0, "pid of the Vault server, to report its CPU time and peak RSS for the baseline")
+	fs.StringVar(&f.logLevel, "log-level", "info", "the server's log level (its log goes to a file in the run directory)")
+	fs.StringVar(&f.keep, "dir", "", "run directory (kept); default a temporary one, removed afterwards")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("bench: unexpected argument %q", fs.Arg(0))
+	}
+	if f.users < 1 || f.concurrency < 1 || f.duration <= 0 || f.codes < f.concurrency {
+		return usagef("bench: --users and --concurrency must be positive, --duration too, and --codes at least --concurrency")
+	}
+	vaddr, vtok := m.Getenv("VAULT_ADDR"), m.Getenv("VAULT_TOKEN")
+	if vaddr == "" || vtok == "" {
+		return usagef("bench: VAULT_ADDR and VAULT_TOKEN must name a real Vault (it is Lanyard's secret store and the baseline); start one with scripts/bench.sh")
+	}
+	dir := f.keep
+	if dir == "" {
+		d, err := os.MkdirTemp("", "lanyard-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	r := &benchRun{m: m, f: f, dir: dir, vaultAddr: vaddr, vaultToken: vtok}
+	return r.run(ctx)
+}
+
+type benchRun struct {
+	m                     *Main
+	f                     benchFlags
+	dir                   string
+	vaultAddr, vaultToken string
+	fx                    benchFixture
+	client                *http.Client
+	results               []benchResult
+	refresh               []string // refresh tokens from the code scenario
+}
+
+// benchResult is one scenario's figures.
+type benchResult struct {
+	Name        string  `json:"name"`
+	Target      string  `json:"target"` // lanyard, vault, ceiling
+	Requests    int     `json:"requests"`
+	Errors      int     `json:"errors"`
+	FirstError  string  `json:"first_error,omitempty"`
+	Seconds     float64 `json:"seconds"`
+	RPS         float64 `json:"rps"`
+	P50ms       float64 `json:"p50_ms"`
+	P95ms       float64 `json:"p95_ms"`
+	P99ms       float64 `json:"p99_ms"`
+	Maxms       float64 `json:"max_ms"`
+	ServerCPU   float64 `json:"server_cpu_seconds"` // -1: unknown
+	ServerCores float64 `json:"server_cpu_cores"`   // CPU seconds per wall second
+	CPUPerReqUS float64 `json:"server_cpu_us_per_request"`
+	PeakRSSMiB  float64 `json:"server_peak_rss_mib"` // -1: unknown
+	ClientCPU   float64 `json:"client_cpu_seconds"`
+	// Ratios to the references of the same run.
+	RPSvsBaseline float64 `json:"rps_vs_baseline"`
+	RPSvsCeiling  float64 `json:"rps_vs_ceiling"`
+	P99vsBaseline float64 `json:"p99_vs_baseline"`
+	P99vsCeiling  float64 `json:"p99_vs_ceiling"`
+}
+
+// benchReport is the JSON output.
+type benchReport struct {
+	Started     time.Time     `json:"started"`
+	Machine     benchMachine  `json:"machine"`
+	Users       int           `json:"users"`
+	Grants      int           `json:"grants_in_store"`
+	Concurrency int           `json:"concurrency"`
+	Duration    string        `json:"duration"`
+	SeedSeconds float64       `json:"seed_seconds"`
+	StoreBytes  int64         `json:"store_bytes"`
+	HeapSeeded  uint64        `json:"server_heap_after_seed_bytes"`
+	Results     []benchResult `json:"results"`
+}
+
+type benchMachine struct {
+	CPUs     int    `json:"cpus"`
+	CPUModel string `json:"cpu_model"`
+	MemMiB   int    `json:"mem_mib"`
+	LoadAvg  string `json:"loadavg_at_start"`
+	Go       string `json:"go"`
+}
+
+func (r *benchRun) run(ctx context.Context) error {
+	started := time.Now()
+	mach := benchMachineInfo()
+	want := func(name string) bool {
+		return r.f.only == "" || slices.Contains(strings.Split(r.f.only, ","), name)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	// The ceiling: a trivial JSON handler in its own process.
+	ceil, ceilURL, err := r.child(ctx, exe, "ceiling.log", "bench", "ceiling")
+	if err != nil {
+		return fmt.Errorf("ceiling server: %w", err)
+	}
+	defer stopChild(ceil)
+	// The Lanyard under test.
+	fixture := filepath.Join(r.dir, "fixture.json")
+	fmt.Fprintf(r.m.Stderr, "bench: seeding %d users (and %d extra grants) in a fresh Lanyard on %s ...\n", r.f.users, r.f.extraGrants, r.vaultAddr)
+	data, err := os.MkdirTemp(r.dir, "data-") // fresh, also in a kept --dir
+	if err != nil {
+		return err
+	}
+	srv, _, err := r.child(ctx, exe, "server.log", "bench", "server", "--data", data,
+		"--fixture", fixture, "--users", strconv.Itoa(r.f.users), "--extra-grants", strconv.Itoa(r.f.extraGrants),
+		"--log-level", r.f.logLevel)
+	if err != nil {
+		return fmt.Errorf("lanyard server: %w (see its log in %s; --dir keeps it)", err, r.dir)
+	}
+	defer stopChild(srv)
+	raw, err := os.ReadFile(fixture)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, &r.fx); err != nil {
+		return err
+	}
+	fmt.Fprintf(r.m.Stderr, "bench: seeded in %.1fs; %d concurrent connections, %v per scenario\n", r.fx.SeedSeconds, r.f.concurrency, r.f.duration)
+	r.client = &http.Client{Transport: benchTransport(r.f.concurrency), Timeout: 30 * time.Second}
+	lanyardPid, ceilPid := srv.Process.Pid, ceil.Process.Pid
+
+	if want("ceiling") {
+		body := []byte(`{"token":"x","connector":"keys","tool":"read_mail"}`)
+		r.timed("ceiling", "ceiling", ceilPid, func(_ *rand.Rand, _ int) error {
+			return r.post(ceilURL+"/json", "application/json", body, nil, 200, nil)
+		})
+	}
+	if want("vault") {
+		vc, err := benchVaultClient(r.vaultAddr, r.vaultToken, r.f.concurrency)
+		if err != nil {
+			return err
+		}
+		kv := vc.KVv2(r.fx.VaultMount)
+		r.timed("vault-direct", "vault", r.f.vaultPid, func(rng *rand.Rand, _ int) error {
+			g := r.fx.Grants[rng.IntN(len(r.fx.Grants))]
+			s, err := kv.Get(ctx, g.VaultPath)
+			if err == nil && s.Data["api_key"] == nil {
+				err = errors.New("no api_key in the secret")
+			}
+			return err
+		})
+	}
+	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
+	if want("redeem") {
+		bodies := make([][]byte, len(r.fx.Grants))
+		for i, g := range r.fx.Grants {
+			bodies[i], _ = json.Marshal(map[string]string{"token": g.Token, "connector": benchKeys, "tool": benchTool})
+		}
+		var prof *bytes.Buffer
+		var profDone chan struct{}
+		if r.f.profile != "" {
+			prof, profDone = &bytes.Buffer{}, make(chan struct{})
+			go func() {
+				defer close(profDone)
+				time.Sleep(r.f.warmup)
+				secs := max(int(r.f.duration/time.Second), 1)
+				resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", r.fx.Control, secs))
+				if err == nil {
+					_, _ = io.Copy(prof, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+		r.timed("redeem", "lanyard", lanyardPid, func(rng *rand.Rand, _ int) error {
+			return r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[rng.IntN(len(bodies))], &auth, 200, []byte(`"credential"`))
+		})
+		if prof != nil {
+			<-profDone
+			if err := os.WriteFile(r.f.profile, prof.Bytes(), 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if want("exchange") {
+		bodies := make([][]byte, len(r.fx.Grants))
+		for i, g := range r.fx.Grants {
+			bodies[i] = []byte(url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:token-exchange"},
+				"subject_token": {g.Token}, "subject_token_type": {"urn:ietf:params:oauth:token-type:access_token"},
+				"resource": {benchIdP}, "tool": {benchTool}}.Encode())
+		}
+		r.timed("exchange", "lanyard", lanyardPid, func(rng *rand.Rand, _ int) error {
+			return r.post(r.fx.URL+"/token", "application/x-www-form-urlencoded", bodies[rng.IntN(len(bodies))], &auth, 200, []byte(`"access_token"`))
+		})
+	}
+	if want("introspect") {
+		bodies := make([][]byte, len(r.fx.Grants))
+		for i, g := range r.fx.Grants {
+			bodies[i] = []byte(url.Values{"token": {g.Token}}.Encode())
+		}
+		r.timed("introspect", "lanyard", lanyardPid, func(rng *rand.Rand, _ int) error {
+			return r.post(r.fx.URL+"/introspect", "application/x-www-form-urlencoded", bodies[rng.IntN(len(bodies))], &auth, 200, []byte(`"active":true`))
+		})
+	}
+	if want("code") || want("refresh") {
+		if err := r.codeScenario(lanyardPid); err != nil {
+			return err
+		}
+	}
+	if want("refresh") {
+		if len(r.refresh) < r.f.concurrency {
+			return fmt.Errorf("bench: only %d refresh tokens for %d workers", len(r.refresh), r.f.concurrency)
+		}
+		chains := r.refresh[:r.f.concurrency]
+		r.timed("refresh", "lanyard", lanyardPid, func(_ *rand.Rand, w int) error {
+			body := []byte(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {chains[w]}, "client_id": {r.fx.ClientID}}.Encode())
+			var tr struct {
+				RefreshToken string `json:"refresh_token"`
+			}
+			err := r.postJSON(r.fx.URL+"/token", body, &tr)
+			if err == nil {
+				chains[w] = tr.RefreshToken
+			}
+			return err
+		})
+	}
+	r.ratios()
+	rep := benchReport{Started: started, Machine: mach, Users: r.f.users, Grants: r.f.users + r.fx.ExtraGrants,
+		Concurrency: r.f.concurrency, Duration: r.f.duration.String(), SeedSeconds: r.fx.SeedSeconds,
+		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, Results: r.results}
+	r.print(rep)
+	if r.f.jsonOut != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(r.f.jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	for _, res := range r.results {
+		if res.Errors > 0 {
+			return fmt.Errorf("bench: %s had %d errors (first: %s)", res.Name, res.Errors, res.FirstError)
+		}
+	}
+	return nil
+}
+
+// codeScenario mints --codes codes through Decide (in the server, before
+// the measurement) and exchanges each once at the token endpoint; the
+// refresh tokens it gets start the refresh scenario's chains.
+func (r *benchRun) codeScenario(pid int) error {
+	resp, err := r.client.Post(fmt.Sprintf("%s/mint?n=%d", r.fx.Control, r.f.codes), "", nil)
+	if err != nil {
+		return err
+	}
+	var minted struct {
+		Codes    []string `json:"codes"`
+		Verifier string   `json:"verifier"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&minted)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("mint codes: %d %v", resp.StatusCode, err)
+	}
+	var mu sync.Mutex
+	r.counted("code-exchange", "lanyard", pid, len(minted.Codes), func(i int) error {
+		body := []byte(url.Values{"grant_type": {"authorization_code"}, "code": {minted.Codes[i]}, "redirect_uri": {r.fx.Redirect},
+			"code_verifier": {minted.Verifier}, "client_id": {r.fx.ClientID}}.Encode())
+		var tr struct {
+			RefreshToken string `json:"refresh_token"`
+		}
+		err := r.postJSON(r.fx.URL+"/token", body, &tr)
+		if err == nil && tr.RefreshToken != "" {
+			mu.Lock()
+			r.refresh = append(r.refresh, tr.RefreshToken)
+			mu.Unlock()
+		}
+		return err
+	})
+	return nil
+}
+
+// post sends body and checks the status and that the answer contains
+// want.
+func (r *benchRun) post(u, ctype string, body []byte, basic *[2]string, status int, want []byte) error {
+	req, err := http.NewRequest(http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", ctype)
+	if basic != nil {
+		req.SetBasicAuth(url.QueryEscape(basic[0]), url.QueryEscape(basic[1]))
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != status || (want != nil && !bytes.Contains(got, want)) {
+		return fmt.Errorf("%s: %d %.200s", u, resp.StatusCode, got)
+	}
+	return nil
+}
+
+func (r *benchRun) postJSON(u string, body []byte, v any) error {
+	resp, err := r.client.Post(u, "application/x-www-form-urlencoded", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %d %.200s", u, resp.StatusCode, got)
+	}
+	return json.Unmarshal(got, v)
+}
+
+// timed runs do from --concurrency workers for --warmup (discarded), then
+// for --duration (measured).
+func (r *benchRun) timed(name, target string, pid int, do func(rng *rand.Rand, worker int) error) {
+	r.measure(name, target, pid, func(deadline time.Time, w int, rng *rand.Rand, rec func(time.Duration, error)) {
+		for time.Now().Before(deadline) {
+			t := time.Now()
+			err := do(rng, w)
+			rec(time.Since(t), err)
+		}
+	}, true)
+}
+
+// counted runs do(i) for i in [0, n) from --concurrency workers, measured.
+func (r *benchRun) counted(name, target string, pid, n int, do func(i int) error) {
+	var next atomic.Int64
+	r.measure(name, target, pid, func(_ time.Time, _ int, _ *rand.Rand, rec func(time.Duration, error)) {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return
+			}
+			t := time.Now()
+			err := do(i)
+			rec(time.Since(t), err)
+		}
+	}, false)
+}
+
+func (r *benchRun) measure(name, target string, pid int, loop func(deadline time.Time, w int, rng *rand.Rand, rec func(time.Duration, error)), timed bool) {
+	c := r.f.concurrency
+	phase := func(d time.Duration) ([][]time.Duration, int, string, time.Duration) {
+		lats := make([][]time.Duration, c)
+		var errs atomic.Int64
+		var firstErr atomic.Value
+		var wg sync.WaitGroup
+		start := time.Now()
+		deadline := start.Add(d)
+		for w := range c {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(w), uint64(start.UnixNano())))
+				loop(deadline, w, rng, func(d time.Duration, err error) {
+					if err != nil {
+						errs.Add(1)
+						firstErr.CompareAndSwap(nil, err.Error())
+						return
+					}
+					lats[w] = append(lats[w], d)
+				})
+			}()
+		}
+		wg.Wait()
+		fe, _ := firstErr.Load().(string)
+		return lats, int(errs.Load()), fe, time.Since(start)
+	}
+	if timed && r.f.warmup > 0 {
+		phase(r.f.warmup)
+	}
+	cpu0, rss0 := procCPU(pid), resetPeakRSS(pid)
+	ccpu0 := selfCPU()
+	lats, errs, firstErr, wall := phase(r.f.duration)
+	cpu1, peak := procCPU(pid), procPeakRSS(pid)
+	ccpu1 := selfCPU()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	res := benchResult{Name: name, Target: target, Requests: len(all) + errs, Errors: errs, FirstError: firstErr,
+		Seconds: wall.Seconds(), RPS: float64(len(all)) / wall.Seconds(), ServerCPU: -1, PeakRSSMiB: -1,
+		ClientCPU: ccpu1 - ccpu0}
+	if len(all) > 0 {
+		q := func(p float64) float64 { return ms(all[int(p*float64(len(all)-1))]) }
+		res.P50ms, res.P95ms, res.P99ms, res.Maxms = q(0.50), q(0.95), q(0.99), ms(all[len(all)-1])
+	}
+	if cpu0 >= 0 && cpu1 >= 0 {
+		res.ServerCPU = cpu1 - cpu0
+		res.ServerCores = res.ServerCPU / wall.Seconds()
+		if len(all) > 0 {
+			res.CPUPerReqUS = res.ServerCPU / float64(len(all)) * 1e6
+		}
+	}
+	if rss0 && peak >= 0 {
+		res.PeakRSSMiB = peak
+	}
+	r.results = append(r.results, res)
+	fmt.Fprintf(r.m.Stderr, "bench: %-13s %8.0f/s p99 %6.2f ms errors %d\n", name, res.RPS, res.P99ms, errs)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// ratios fills every result's ratios to the baseline and the ceiling.
+func (r *benchRun) ratios() {
+	var base, ceil *benchResult
+	for i := range r.results {
+		switch r.results[i].Target {
+		case "vault":
+			base = &r.results[i]
+		case "ceiling":
+			ceil = &r.results[i]
+		}
+	}
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	for i := range r.results {
+		x := &r.results[i]
+		if base != nil {
+			x.RPSvsBaseline, x.P99vsBaseline = div(x.RPS, base.RPS), div(x.P99ms, base.P99ms)
+		}
+		if ceil != nil {
+			x.RPSvsCeiling, x.P99vsCeiling = div(x.RPS, ceil.RPS), div(x.P99ms, ceil.P99ms)
+		}
+	}
+}
+
+func (r *benchRun) print(rep benchReport) {
+	w := tabwriter.NewWriter(r.m.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(r.m.Stdout, "lanyard bench: %d CPUs (%s), %d MiB, load %s; %d users, %d grants, %d connections, %s per scenario\n",
+		rep.Machine.CPUs, rep.Machine.CPUModel, rep.Machine.MemMiB, rep.Machine.LoadAvg, rep.Users, rep.Grants, rep.Concurrency, rep.Duration)
+	fmt.Fprintln(w, "scenario\treq/s\tx base\tx ceil\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\tp99 x ceil\terrors\tsrv CPU s\tsrv cores\tCPU µs/req\tpeak RSS MiB\t")
+	na := func(known, v float64, f string) string {
+		if known < 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf(f, v)
+	}
+	for _, x := range rep.Results {
+		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t\n", x.Name, x.RPS, x.RPSvsBaseline, x.RPSvsCeiling,
+			x.P50ms, x.P95ms, x.P99ms, x.Maxms, x.P99vsBaseline, x.P99vsCeiling, x.Errors,
+			na(x.ServerCPU, x.ServerCPU, "%.2f"), na(x.ServerCPU, x.ServerCores, "%.2f"), na(x.ServerCPU, x.CPUPerReqUS, "%.0f"),
+			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"))
+	}
+	_ = w.Flush()
+}
+
+// child starts exe args with stderr to logName in the run directory and
+// waits for its "ready URL" line on stdout.
+func (r *benchRun) child(ctx context.Context, exe, logName string, args ...string) (*exec.Cmd, string, error) {
+	logf, err := os.Create(filepath.Join(r.dir, logName))
+	if err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+r.vaultAddr, "VAULT_TOKEN="+r.vaultToken)
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
+				lines <- rest
+				break
+			}
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case u, ok := <-lines:
+		if ok {
+			return cmd, u, nil
+		}
+	case <-ctx.Done():
+	case <-time.After(30 * time.Minute):
+	}
+	stopChild(cmd)
+	tail, _ := os.ReadFile(logf.Name())
+	if len(tail) > 2000 {
+		tail = tail[len(tail)-2000:]
+	}
+	return nil, "", fmt.Errorf("%s did not start: %s", args[1], strings.TrimSpace(string(tail)))
+}
+
+func stopChild(cmd *exec.Cmd) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// benchTransport keeps every connection of the load alive.
+func benchTransport(conns int) *http.Transport {
+	return &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        conns * 4,
+		MaxIdleConnsPerHost: conns * 2,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+}
+
+// benchVaultClient is a Vault API client on the same kind of transport as
+// the load's other requests.
+func benchVaultClient(addr, tok string, conns int) (*vaultapi.Client, error) {
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = addr
+	cfg.HttpClient = &http.Client{Transport: benchTransport(conns), Timeout: 30 * time.Second}
+	cfg.MaxRetries = 0
+	c, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.SetToken(tok)
+	return c, nil
+}
+
+// benchCeiling is the ceiling: a Go JSON handler that decodes a small JSON
+// body and answers a small JSON object, on loopback, in its own process.
+func (m *Main) benchCeiling(ctx context.Context, args []string) error {
+	fs := m.flagSet("bench ceiling", "", "Internal: the ceiling server of 'lanyard bench' (a trivial JSON handler).")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /json", func(w http.ResponseWriter, r *http.Request) {
+		var in map[string]string
+		if err := json.NewDecoder(io.LimitReader(r.Body, 16<<10)).Decode(&in); err != nil {
+			http.Error(w, "bad json", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(map[string]any{"connection_id": "c", "connector": in["connector"], "type": "apikey",
+			"credential": map[string]string{"api_key": "k"}})
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	fmt.Fprintf(m.Stdout, "ready http://%s\n", ln.Addr())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// procCPU returns the user+system CPU seconds of pid (-1 if unknown).
+func procCPU(pid int) float64 {
+	if pid <= 0 {
+		return -1
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(fields) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseFloat(fields[11], 64)
+	st, err2 := strconv.ParseFloat(fields[12], 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (ut + st) / 100
+}
+
+// resetPeakRSS resets pid's VmHWM to its current RSS (clear_refs 5).
+func resetPeakRSS(pid int) bool {
+	return pid > 0 && os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0) == nil
+}
+
+// procPeakRSS returns pid's VmHWM in MiB (-1 if unknown).
+func procPeakRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return -1
+}
+
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime)
+}
+
+func benchMachineInfo() benchMachine {
+	mi := benchMachine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				mi.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+				mi.MemMiB = kb / 1024
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) >= 3 {
+			mi.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	return mi
+}
