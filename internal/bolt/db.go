@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,8 +46,9 @@ type Options struct {
 	// LockTimeout bounds how long Open waits for another process to release
 	// the file; 0 means one second.
 	LockTimeout time.Duration
-	// BatchDelay is how long a group commit (audit appends) waits for
-	// other writers to share its fsync; 0 means one millisecond.
+	// BatchDelay is bbolt's MaxBatchDelay; 0 means one millisecond. Audit
+	// appends no longer use bbolt's Batch (see groupCommit), so it only
+	// matters to bbolt.Batch callers, of which there are none now.
 	BatchDelay time.Duration
 }
 
@@ -90,6 +92,7 @@ type DB struct {
 	now    func() time.Time
 	obs    broker.Observer
 	closed atomic.Bool
+	group  groupCommit
 
 	users       *table[broker.User]
 	clients     *table[broker.Client]
@@ -271,9 +274,9 @@ func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) e
 	return db.run(ctx, op, true, fn)
 }
 
-// batch runs fn in a read-write transaction that bbolt may share with
-// other concurrent batch calls (db.Batch): one fsync commits them all, and
-// each caller returns only after that commit (group commit). fn may run
+// batch runs fn in a read-write transaction that it may share with other
+// concurrent batch calls: one fsync commits them all, and each caller
+// returns only after that commit (group commit; see groupCommit). fn may run
 // more than once if another function in its batch fails, so it must start
 // from what it reads in the transaction.
 func (db *DB) batch(ctx context.Context, op string, fn func(*bbolt.Tx) error) (err error) {
@@ -285,15 +288,97 @@ func (db *DB) batch(ctx context.Context, op string, fn func(*bbolt.Tx) error) (e
 	if db.closed.Load() {
 		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
 	}
-	var fnErr error
-	err = db.bolt.Batch(func(tx *bbolt.Tx) error { fnErr = fn(tx); return fnErr })
+	c := &batchCall{fn: fn, done: make(chan struct{})}
+	db.group.add(db, c)
+	<-c.done
 	switch {
-	case err == nil || fnErr != nil:
-		return err
-	case errors.Is(err, berrors.ErrDatabaseNotOpen):
+	case c.err == nil || c.fnErr:
+		return c.err
+	case errors.Is(c.err, berrors.ErrDatabaseNotOpen):
 		return fmt.Errorf("bolt %s: store is closed: %w", op, broker.ErrUnavailable)
 	default:
-		return fmt.Errorf("bolt %s: %w: %w", op, broker.ErrUnavailable, err)
+		return fmt.Errorf("bolt %s: %w: %w", op, broker.ErrUnavailable, c.err)
+	}
+}
+
+// maxBatch bounds the functions one group commit runs.
+const maxBatch = 1000
+
+// groupCommit commits batch calls. One committer goroutine runs while calls
+// wait: it takes every waiting call (up to maxBatch) into one write
+// transaction, and the calls that arrive while that transaction commits
+// (fsync) wait together for the next one. The batch thus grows with the
+// load and the fsync time, and a lone call commits at once.
+//
+// (bbolt's own Batch closes a batch after MaxBatchDelay whether or not the
+// previous one has committed, so under load many small batches queue for
+// the writer lock, each with its own fsync: BENCHMARKS.md measured ~5
+// records per fsync with 64 concurrent redemptions.)
+type groupCommit struct {
+	mu      sync.Mutex
+	pending []*batchCall
+	running bool
+}
+
+type batchCall struct {
+	fn    func(*bbolt.Tx) error
+	err   error
+	fnErr bool // err is fn's own
+	done  chan struct{}
+}
+
+func (g *groupCommit) add(db *DB, c *batchCall) {
+	g.mu.Lock()
+	g.pending = append(g.pending, c)
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
+	if start {
+		go g.loop(db)
+	}
+}
+
+func (g *groupCommit) loop(db *DB) {
+	for {
+		g.mu.Lock()
+		n := min(len(g.pending), maxBatch)
+		if n == 0 {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		calls := g.pending[:n:n]
+		g.pending = slices.Clone(g.pending[n:])
+		g.mu.Unlock()
+		db.commit(calls)
+	}
+}
+
+// commit runs calls in one transaction. A function that fails gets its
+// error and leaves the batch, which is run again without it (the failed
+// transaction rolled back); a failure to commit is every call's.
+func (db *DB) commit(calls []*batchCall) {
+	for len(calls) > 0 {
+		failed := -1
+		err := db.bolt.Update(func(tx *bbolt.Tx) error {
+			for i, c := range calls {
+				if err := c.fn(tx); err != nil {
+					failed, c.err, c.fnErr = i, err, true
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			close(calls[failed].done)
+			calls = slices.Delete(calls, failed, failed+1)
+			continue
+		}
+		for _, c := range calls {
+			c.err = err
+			close(c.done)
+		}
+		return
 	}
 }
 
