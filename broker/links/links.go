@@ -47,8 +47,18 @@ type Options struct {
 	// RefreshSkew: an access token expiring within this is refreshed before
 	// it is handed out. Default 60s.
 	RefreshSkew time.Duration
-	Now         func() time.Time
-	Logger      *slog.Logger
+	// CredentialCacheTTL bounds how long Credential serves a connection's
+	// secret from memory instead of the secret store; 0 means
+	// DefaultCredentialCacheTTL, negative turns the cache off. A cached
+	// secret serves only while the connection record names its version,
+	// so re-links, refreshes and unlinks are seen by the next call (see
+	// credCache).
+	CredentialCacheTTL time.Duration
+	// CredentialCacheSize bounds the cached connections; 0 means
+	// DefaultCredentialCacheSize.
+	CredentialCacheSize int
+	Now                 func() time.Time
+	Logger              *slog.Logger
 }
 
 // Service links and manages upstream accounts.
@@ -56,6 +66,7 @@ type Service struct {
 	o      Options
 	byName map[string]connectors.Connector
 	flight singleflight.Group
+	cache  *credCache
 }
 
 // LinkTTL is how long a redirect-based link may take.
@@ -81,7 +92,7 @@ func New(o Options) (*Service, error) {
 	if o.RefreshSkew <= 0 {
 		o.RefreshSkew = time.Minute
 	}
-	s := &Service{o: o, byName: map[string]connectors.Connector{}}
+	s := &Service{o: o, byName: map[string]connectors.Connector{}, cache: newCredCache(o.CredentialCacheTTL, o.CredentialCacheSize)}
 	for _, c := range o.Connectors {
 		s.byName[c.Name()] = c
 	}
@@ -233,6 +244,7 @@ func (s *Service) save(ctx context.Context, userID string, c connectors.Connecto
 		if conn.Connector != c.Name() {
 			return conn, fmt.Errorf("re-link with another connector: %w", broker.ErrInvalid)
 		}
+		s.cache.drop(conn.ID)
 		ver, err := s.o.Secrets.Put(ctx, conn.SecretKey, l.Secret, broker.CASAny)
 		if err != nil {
 			return conn, err
@@ -317,6 +329,7 @@ func (s *Service) Unlink(ctx context.Context, userID, id string) error {
 			}
 		}
 	}
+	s.cache.drop(conn.ID)
 	if err := s.o.Secrets.Delete(ctx, conn.SecretKey); err != nil && !errors.Is(err, broker.ErrNotFound) {
 		return err
 	}
@@ -334,6 +347,8 @@ var ErrNeedsRelink = connectors.ErrNeedsRelink
 
 // Credential returns the credential of a connection for redemption,
 // refreshing an expiring OAuth token first (single-flight per connection).
+// conn must be the record as just read from the store: its SecretVer
+// decides whether the cached secret may serve (see credCache).
 func (s *Service) Credential(ctx context.Context, conn broker.Connection) (connectors.Credential, error) {
 	if conn.Status == broker.ConnectionNeedsRelink {
 		return connectors.Credential{}, fmt.Errorf("connection %s: %w", conn.ID, ErrNeedsRelink)
@@ -346,9 +361,16 @@ func (s *Service) Credential(ctx context.Context, conn broker.Connection) (conne
 	if !ok {
 		return connectors.Credential{}, fmt.Errorf("connector %q cannot hand out credentials", c.Name())
 	}
-	sec, _, err := s.o.Secrets.Get(ctx, conn.SecretKey)
-	if err != nil {
-		return connectors.Credential{}, err
+	sec, hit := s.cache.get(conn, s.o.Now())
+	if !hit {
+		var ver int
+		if sec, ver, err = s.o.Secrets.Get(ctx, conn.SecretKey); err != nil {
+			if errors.Is(err, broker.ErrNotFound) {
+				s.cache.drop(conn.ID)
+			}
+			return connectors.Credential{}, err
+		}
+		s.cache.put(conn, ver, sec, s.o.Now())
 	}
 	if _, ok := c.(connectors.Refresher); ok && s.expiring(sec) {
 		if sec, err = s.refresh(ctx, conn, c, false); err != nil {
@@ -394,6 +416,7 @@ func (s *Service) refresh(ctx context.Context, conn broker.Connection, c connect
 		if err != nil {
 			return nil, err
 		}
+		s.cache.drop(conn.ID) // the refresh token just used is spent
 		newVer, err := s.o.Secrets.Put(ctx, conn.SecretKey, linked.Secret, ver)
 		if errors.Is(err, broker.ErrConflict) {
 			cur, _, gerr := s.o.Secrets.Get(ctx, conn.SecretKey)
@@ -402,6 +425,7 @@ func (s *Service) refresh(ctx context.Context, conn broker.Connection, c connect
 		if err != nil {
 			return nil, err
 		}
+		s.cache.put(conn, newVer, linked.Secret, s.o.Now())
 		now := s.o.Now()
 		if _, err := s.o.Store.Connections().Update(ctx, conn.ID, func(x broker.Connection) (broker.Connection, error) {
 			x.SecretVer, x.UpdatedAt, x.LastVerified, x.Status = newVer, now, now, broker.ConnectionActive
