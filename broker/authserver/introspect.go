@@ -49,15 +49,19 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 // expiry, that its audience is aud (when aud is not empty), and that its
 // grant is live. It is the one check introspection and redemption share.
 func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.Claims, broker.Grant, error) {
-	c, err := s.o.Keys.Verify(ctx, raw)
-	if err != nil {
-		// token.Verify's reasons are fixed phrases that never quote the token.
-		reason := strings.TrimPrefix(err.Error(), token.ErrInvalidToken.Error()+": ")
-		desc := "the access token is invalid: " + reason
-		if reason == "expired" {
-			desc = "the access token has expired"
+	c, hit := s.verified.get(raw, s.now())
+	if !hit {
+		var err error
+		if c, err = s.o.Keys.Verify(ctx, raw); err != nil {
+			// token.Verify's reasons are fixed phrases that never quote the token.
+			reason := strings.TrimPrefix(err.Error(), token.ErrInvalidToken.Error()+": ")
+			desc := "the access token is invalid: " + reason
+			if reason == "expired" {
+				desc = "the access token has expired"
+			}
+			return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription(desc).WithCause(err)
 		}
-		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription(desc).WithCause(err)
+		s.verified.put(raw, c, s.now())
 	}
 	if aud != "" && c.Audience != aud {
 		return c, broker.Grant{}, oauth.ErrInvalidToken.WithDescription("the access token was issued for another MCP server")

@@ -102,12 +102,17 @@ type Options struct {
 	// private_key_jwt; nil means a safehttp client (SSRF-guarded;
 	// loopback allowed only with Dev).
 	JWKSClient *http.Client
+	// VerifiedTokens bounds how many verified access tokens
+	// VerifyAccessToken remembers (see verifiedCache); 0 means
+	// DefaultVerifiedTokens, negative turns the cache off.
+	VerifiedTokens int
 }
 
 // Server is the authorization server.
 type Server struct {
 	o         Options
 	jwksCache *jwksCache
+	verified  *verifiedCache
 }
 
 // New returns a Server.
@@ -127,7 +132,7 @@ func New(o Options) (*Server, error) {
 	if o.JWKSClient == nil {
 		o.JWKSClient = safehttp.NewClient(safehttp.Options{AllowLoopback: o.Dev})
 	}
-	return &Server{o: o, jwksCache: newJWKSCache(o.JWKSClient)}, nil
+	return &Server{o: o, jwksCache: newJWKSCache(o.JWKSClient), verified: newVerifiedCache(o.VerifiedTokens)}, nil
 }
 
 // Mount adds the server's endpoints.
