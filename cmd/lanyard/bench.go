@@ -46,6 +46,7 @@ type benchFlags struct {
 	jsonOut, profile, keep, only           string
 	vaultPid                               int
 	logLevel                               string
+	cacheTTL                               time.Duration
 }
 
 // bench is `lanyard bench`: the load generator, or (first argument) one of
@@ -80,6 +81,7 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	fs.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the server taken during the redeem scenario")
 	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run (default all): ceiling,vault,redeem,exchange,introspect,code,refresh")
 	fs.IntVar(&f.vaultPid, "vault-pid", 0, "pid of the Vault server, to report its CPU time and peak RSS for the baseline")
+	fs.DurationVar(&f.cacheTTL, "credential-cache-ttl", 0, "the server's credential cache TTL (0: the default; negative: no cache, every redemption reads Vault)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "the server's log level (its log goes to a file in the run directory)")
 	fs.StringVar(&f.keep, "dir", "", "run directory (kept); default a temporary one, removed afterwards")
 	if err := parse(fs, args); err != nil {
@@ -193,7 +195,7 @@ func (r *benchRun) run(ctx context.Context) error {
 	}
 	srv, _, err := r.child(ctx, exe, "server.log", "bench", "server", "--data", data,
 		"--fixture", fixture, "--users", strconv.Itoa(r.f.users), "--extra-grants", strconv.Itoa(r.f.extraGrants),
-		"--log-level", r.f.logLevel)
+		"--log-level", r.f.logLevel, "--credential-cache-ttl", r.f.cacheTTL.String())
 	if err != nil {
 		return fmt.Errorf("lanyard server: %w (see its log in %s; --dir keeps it)", err, r.dir)
 	}

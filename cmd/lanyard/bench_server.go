@@ -90,6 +90,7 @@ func (m *Main) benchServer(ctx context.Context, args []string) error {
 	fs.IntVar(&f.users, "users", 200, "users, each with two linked connections and one grant")
 	fs.IntVar(&f.extraGrants, "extra-grants", 0, "more grants (of the seeded users, in the store only) to grow the grant table")
 	fs.DurationVar(&f.tokenTTL, "token-ttl", time.Hour, "access token lifetime")
+	fs.DurationVar(&m.credCacheTTL, "credential-cache-ttl", 0, "credential cache TTL of the link service (0: its default; negative: no cache)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

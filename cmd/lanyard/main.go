@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/lanyardhq/lanyard/internal/config"
 )
@@ -48,6 +49,9 @@ type Main struct {
 	// PasswordCost is the bcrypt cost of new password hashes; 0 means
 	// password.DefaultCost. Tests lower it.
 	PasswordCost int
+	// credCacheTTL is links.Options.CredentialCacheTTL (0: its default);
+	// `lanyard bench server --credential-cache-ttl` sets it.
+	credCacheTTL time.Duration
 }
 
 // usageError is bad input: reported in one line with exit status 2.

@@ -90,7 +90,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		return fmt.Errorf("link key: %w", err)
 	}
 	linkSvc, err := links.New(links.Options{Store: a.store, Secrets: a.secrets, Connectors: conns, Key: linkKey,
-		CallbackURL: a.url + web.PathCallback, Logger: a.log})
+		CallbackURL: a.url + web.PathCallback, CredentialCacheTTL: m.credCacheTTL, Logger: a.log})
 	if err != nil {
 		return err
 	}
