@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -126,6 +128,9 @@ type Store interface {
 	AuthRequests() SingleUseTable[AuthRequest]
 	PendingLinks() SingleUseTable[PendingLink]
 	Audit() AuditLog
+	// Counters are fixed-window counters shared by everyone using the
+	// store (rate limits that hold across replicas).
+	Counters() Counters
 
 	// Sweep deletes expired records and returns how many it removed.
 	Sweep(ctx context.Context) (int, error)
@@ -133,6 +138,40 @@ type Store interface {
 	// once closed).
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// Counters is a set of fixed-window counters: rate limits that hold across
+// every process sharing the store.
+type Counters interface {
+	// Incr adds one to counter key in the current window and returns the
+	// count so far in that window, this call included. Windows are the
+	// store clock's time truncated to a multiple of window (CounterWindow),
+	// so every process agrees on them; a counter starts again at 1
+	// in each window, and Sweep deletes the windows that have ended. Of
+	// concurrent calls each gets its own count (no two the same). An empty
+	// key, a key of over 256 bytes or one with control characters, or a
+	// window under a millisecond, is an error wrapping ErrInvalid.
+	Incr(ctx context.Context, key string, window time.Duration) (int64, error)
+}
+
+// CounterWindow returns the window [start, end) of the counters holding
+// now for the given window length.
+func CounterWindow(now time.Time, window time.Duration) (start, end time.Time) {
+	start = now.Truncate(window)
+	return start, start.Add(window)
+}
+
+// ValidCounter reports what is wrong with a counter key and window, or nil.
+func ValidCounter(key string, window time.Duration) error {
+	switch {
+	case key == "" || len(key) > 256:
+		return fmt.Errorf("counter key must be 1 to 256 bytes: %w", ErrInvalid)
+	case strings.IndexFunc(key, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0:
+		return fmt.Errorf("counter key must not hold control characters: %w", ErrInvalid)
+	case window < time.Millisecond:
+		return fmt.Errorf("counter window %v is under a millisecond: %w", window, ErrInvalid)
+	}
+	return nil
 }
 
 // Observer is told about every backend call: which component ("bolt",

@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) broker.Stor
 	t.Run("Pagination", func(t *testing.T) { testPagination(t, o) })
 	t.Run("Cancelled", func(t *testing.T) { testCancelled(t, o) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, o) })
+	t.Run("Counters", func(t *testing.T) { testCounters(t, o) })
 }
 
 // env is one subtest's store and clock.

@@ -150,7 +150,7 @@ func Open(path string, opts Options) (*DB, error) {
 	db.authReqs = newSingleUse[broker.AuthRequest](db, "auth_requests")
 	db.links = newSingleUse[broker.PendingLink](db, "pending_links")
 	db.sweepers = []sweeper{db.users, db.clients, db.resources, db.connections, db.grants,
-		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs, db.links}
+		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs, db.links, counters{db}}
 	err = bdb.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists([]byte(blobBucket))
 		for _, s := range db.sweepers {

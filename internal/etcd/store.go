@@ -14,6 +14,8 @@
 //	P uniq/<kind>/<index>/<value>                owner ID of a unique index value
 //	P audit/<20-digit seq>                       audit record as JSON
 //	P audit-head                                 {"seq":n,"hash":h} of the newest audit record
+//	P ctr/<window end> NUL <key>                 a fixed-window counter; its version is the count
+//	P lock/<name>/<lease>                        a lock holder or waiter (concurrency.Mutex)
 //
 // Record IDs hold no control characters (broker validates them), so the
 // last NUL of an index key separates value from ID even when the value
@@ -37,13 +39,17 @@
 // Expiry follows the injected clock: records past their expiry behave as
 // absent and Sweep deletes them through the exp/ keys.
 //
-// # Later: watches and locks
+// # Locks and watches
 //
-// Cache invalidation across replicas (watch P rec/<kind>/ from the
-// revision a cache was filled at; every change to a record is a put or
-// delete of its rec/ key) and lease-backed locks (concurrency.Mutex on
-// P lock/<name>, for one upstream refresh per connection) belong in this
-// package too, on the same client; neither is built yet.
+// Lock is a lease-backed lock (concurrency.Mutex on P lock/<name>/) for
+// work that must happen once across replicas, such as one upstream
+// refresh per connection; the lease (LockTTL) frees the locks of a
+// replica that dies. Lanyard keeps no in-process cache of records that
+// would need invalidating: every redemption reads the grant and the
+// connection with a linearizable read, so a revoke or unlink committed
+// on one replica is seen by the next read on any other. A cache added
+// later should watch P rec/<kind>/ from the revision it was filled at
+// (every change to a record is a put or delete of its rec/ key).
 package etcd
 
 import (
@@ -60,6 +66,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -171,6 +178,8 @@ type Store struct {
 	timeout time.Duration
 	closed  atomic.Bool
 	locks   keyLocks
+	sessMu  sync.Mutex
+	sess    *concurrency.Session // Lock's lease; nil until the first Lock
 
 	users       *table[broker.User]
 	clients     *table[broker.Client]
@@ -237,7 +246,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.authReqs = newSingleUse[broker.AuthRequest](s, "auth_requests")
 	s.links = newSingleUse[broker.PendingLink](s, "pending_links")
 	s.sweepers = []sweeper{s.users, s.clients, s.resources, s.connections, s.grants,
-		s.authCodes, s.refresh, s.devices, s.sessions, s.authReqs, s.links}
+		s.authCodes, s.refresh, s.devices, s.sessions, s.authReqs, s.links, counters{s}}
 	if err := s.Ping(ctx); err != nil {
 		_ = cli.Close()
 		return nil, fmt.Errorf("etcd: open %v: %w", opts.Endpoints, err)
@@ -320,6 +329,7 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.closeSession()
 	if err := s.client.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("etcd: close: %w", err)
 	}
