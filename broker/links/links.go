@@ -57,8 +57,17 @@ type Options struct {
 	// CredentialCacheSize bounds the cached connections; 0 means
 	// DefaultCredentialCacheSize.
 	CredentialCacheSize int
-	Now                 func() time.Time
-	Logger              *slog.Logger
+	// Lock, if set, takes a lock shared by every replica (internal/etcd's
+	// Store.Lock) and returns its release. Upstream refresh of a
+	// connection runs holding Lock("refresh/"+connection ID) and re-reads
+	// the secret first, so of several replicas whose callers find the
+	// token expiring exactly one refreshes and the others use its result
+	// (a second refresh would spend the rotated refresh token, which a
+	// provider with reuse detection punishes by revoking the grant). Nil
+	// means one process: single-flight alone.
+	Lock   func(ctx context.Context, name string) (unlock func(), err error)
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Service links and manages upstream accounts.
@@ -391,7 +400,8 @@ func (s *Service) expiring(sec broker.Secret) bool {
 }
 
 // refresh renews a connection's credential once for all concurrent callers
-// in this process: read the current secret and version, refresh upstream,
+// in this process (and, holding Options.Lock, across replicas): read the
+// current secret and version, refresh upstream unless it is fresh already,
 // write the new secret with check-and-set on that version, and only then
 // return it. If another writer won the race (ErrConflict), its secret is
 // the fresh one. invalid_grant marks the connection needs-relink.
@@ -401,6 +411,13 @@ func (s *Service) refresh(ctx context.Context, conn broker.Connection, c connect
 		// the first caller's context, but it is bounded.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
+		if s.o.Lock != nil {
+			unlock, err := s.o.Lock(ctx, "refresh/"+conn.ID)
+			if err != nil {
+				return nil, fmt.Errorf("connection %s: refresh lock: %w", conn.ID, err)
+			}
+			defer unlock()
+		}
 		sec, ver, err := s.o.Secrets.Get(ctx, conn.SecretKey)
 		if err != nil {
 			return nil, err
