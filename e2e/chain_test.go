@@ -530,7 +530,8 @@ oauth:
 	waitHTTP(t, base+"/.well-known/oauth-authorization-server", startTimeout)
 
 	mail := exec.Command(mailBin, "--addr", testenv.Addr(mcpPort), "--issuer", base, "--resource", resource,
-		"--client-id", chainResourceID, "--connector", chainMailConnector, "--imap-ca", dovecot.CACert)
+		"--client-id", chainResourceID, "--connector", chainMailConnector, "--imap-ca", dovecot.CACert,
+		"--allow-loopback-imap") // dovecot listens on 127.0.0.1
 	mail.Env = append(baseEnv(), "MAIL_MCP_SECRET="+mcpSecret)
 	mailLog := testenv.Start(t, mail)
 	testenv.WaitTCP(t, testenv.Addr(mcpPort), startTimeout)

@@ -15,10 +15,12 @@ import (
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -26,6 +28,8 @@ import (
 	"github.com/emersion/go-imap"
 	"github.com/emersion/go-imap/client"
 	"github.com/emersion/go-imap/commands"
+
+	"github.com/lanyardhq/lanyard/internal/safehttp"
 )
 
 // Limits of what the tools return.
@@ -123,9 +127,62 @@ func accountFromFields(f map[string]any) (imapAccount, error) {
 
 // imapDialer opens IMAP sessions. Every session (dial, TLS, login, the
 // work, logout) is bounded by Timeout and by the caller's context.
+//
+// The mail server's host comes from the redeemed credential, which the
+// user may have typed in (a connector that allows user-supplied servers):
+// whoever names it chooses where this server connects. So every address
+// actually dialled (after DNS resolution, so DNS rebinding cannot slip
+// past) must be a public unicast address, as safehttp.CheckAddr judges it:
+// loopback (unless AllowLoopback), private, link-local (cloud metadata at
+// 169.254.169.254) and reserved ranges are refused.
 type imapDialer struct {
 	Timeout time.Duration
 	Roots   *x509.CertPool // nil: the system roots
+	// AllowLoopback lets sessions reach mail servers on loopback addresses
+	// (--allow-loopback-imap, for development and tests). Private and
+	// link-local addresses stay refused.
+	AllowLoopback bool
+}
+
+// dialControl is the net.Dialer Control hook: it sees every address the
+// dialer is about to connect to, after name resolution.
+func dialControl(allowLoopback bool) func(network, address string, _ syscall.RawConn) error {
+	return func(network, address string, _ syscall.RawConn) error {
+		switch network {
+		case "tcp", "tcp4", "tcp6":
+		default:
+			return fmt.Errorf("%w: network %s", safehttp.ErrBlockedAddress, network)
+		}
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return fmt.Errorf("%w: unparsable address", safehttp.ErrBlockedAddress)
+		}
+		return safehttp.CheckAddr(ap.Addr(), allowLoopback)
+	}
+}
+
+// msgUnreachable is all the agent learns when the mail server cannot be
+// reached or spoken to: where the credential pointed and why it failed
+// (a refused address, a connection error, a TLS error) go to the log.
+const msgUnreachable = "mail server unreachable"
+
+// mailServerError is a failure to reach or talk to the mail server. Its
+// Error is msgUnreachable whatever happened; Detail (for the log only)
+// says where and why. Neither ever contains a credential.
+type mailServerError struct {
+	addr, what string
+	err        error
+}
+
+func (e *mailServerError) Error() string { return msgUnreachable }
+func (e *mailServerError) Unwrap() error { return e.err }
+
+// Detail describes the failure for the server's log.
+func (e *mailServerError) Detail() string {
+	if e.err == nil {
+		return fmt.Sprintf("mail server %s: %s", e.addr, e.what)
+	}
+	return fmt.Sprintf("mail server %s: %s: %v", e.addr, e.what, e.err)
 }
 
 // loadRoots reads a PEM bundle of CA certificates.
@@ -156,12 +213,12 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 	addr := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
 	fail := func(what string, err error) error {
 		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("mail server %s: %s: timed out", addr, what)
+			return &mailServerError{addr: addr, what: what + ": timed out", err: err}
 		}
-		return fmt.Errorf("mail server %s: %s: %v", addr, what, err)
+		return &mailServerError{addr: addr, what: what, err: err}
 	}
 
-	var nd net.Dialer
+	nd := net.Dialer{Control: dialControl(d.AllowLoopback)}
 	raw, err := nd.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return fail("connect", err)
@@ -193,7 +250,7 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 			return fail("capabilities", err)
 		}
 		if !ok {
-			return fmt.Errorf("mail server %s does not offer STARTTLS; the password is not sent in clear", addr)
+			return &mailServerError{addr: addr, what: "does not offer STARTTLS; the password is not sent in clear"}
 		}
 		if err := c.StartTLS(tlsConf); err != nil {
 			return fail("STARTTLS", err)
@@ -202,7 +259,7 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 	if disabled, err := c.Support("LOGINDISABLED"); err != nil {
 		return fail("capabilities", err)
 	} else if disabled {
-		return fmt.Errorf("mail server %s does not accept a password on this connection (it wants TLS)", addr)
+		return &mailServerError{addr: addr, what: "does not accept a password on this connection (it wants TLS)"}
 	}
 	// LOGIN through Execute, to tell a refused password (tagged NO) from a
 	// connection that failed.
@@ -215,7 +272,7 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 	case imap.StatusRespNo:
 		return errIMAPLogin
 	default:
-		return fmt.Errorf("mail server %s: login failed (%s %s)", addr, status.Type, clean(status.Info, 200))
+		return &mailServerError{addr: addr, what: fmt.Sprintf("login failed (%s %s)", status.Type, clean(status.Info, 200))}
 	}
 	c.SetState(imap.AuthenticatedState, nil)
 	err = fn(c)

@@ -15,7 +15,10 @@
 //     for this agent, and its tool policy, and audits the redemption;
 //   - it logs in to the mail server with what it got (host, port and TLS as
 //     the credential says) and answers list_mailboxes, search_messages and
-//     read_message.
+//     read_message. The host may have been typed in by the user, so only
+//     public addresses are dialled (loopback too with
+//     --allow-loopback-imap, for development), and the agent learns no more
+//     of a failure than "mail server unreachable".
 //
 // By default it redeems at every tool call, so Lanyard decides and audits
 // each one and sees a revocation at once; --max-credential-ttl lets mcpauth
@@ -64,6 +67,7 @@ type options struct {
 	clientID, connector                  string
 	scopes                               []string
 	imapCA                               string
+	allowLoopbackIMAP                    bool
 	imapTimeout, maxCredentialTTL        time.Duration
 	secret                               string
 }
@@ -99,6 +103,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (optio
 	fs.StringVar(&o.connector, "connector", "mail", "the Lanyard connector to redeem (a basic IMAP connector)")
 	fs.StringVar(&scopes, "scopes", "mail.read", "comma-separated scopes every request's token must carry")
 	fs.StringVar(&o.imapCA, "imap-ca", "", "PEM file of CA certificates for the mail server's TLS (default: the system's)")
+	fs.BoolVar(&o.allowLoopbackIMAP, "allow-loopback-imap", false, "let credentials name a mail server on a loopback address (development and tests only); private, link-local and other non-public addresses are always refused")
 	fs.DurationVar(&o.imapTimeout, "imap-timeout", 20*time.Second, "bound on one IMAP session (connect, login, work, logout)")
 	fs.DurationVar(&o.maxCredentialTTL, "max-credential-ttl", 0, "reuse a redeemed credential for up to this long (never past its expiry); 0: redeem at every tool call, so that Lanyard decides and audits each one and a revocation is seen at once")
 	fs.Usage = func() {
@@ -166,7 +171,7 @@ func newHandler(ctx context.Context, o options, log *slog.Logger, httpClient *ht
 	if err != nil {
 		return nil, fmt.Errorf("lanyard client: %w", err)
 	}
-	dialer := imapDialer{Timeout: o.imapTimeout}
+	dialer := imapDialer{Timeout: o.imapTimeout, AllowLoopback: o.allowLoopbackIMAP}
 	if o.imapCA != "" {
 		if dialer.Roots, err = loadRoots(o.imapCA); err != nil {
 			return nil, fmt.Errorf("--imap-ca: %w", err)

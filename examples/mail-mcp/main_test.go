@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,11 +18,15 @@ import (
 	"time"
 
 	imapclient "github.com/emersion/go-imap/client"
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/safehttp"
 	"github.com/lanyardhq/lanyard/internal/testenv"
+	"github.com/lanyardhq/lanyard/mcpauth"
+	"github.com/lanyardhq/lanyard/mcpauth/gosdk"
 )
 
 // fakeLanyard is Lanyard's discovery, JWKS and /v1/redeem: tokens are
@@ -162,7 +167,7 @@ func TestServer(t *testing.T) {
 		defer logMu.Unlock()
 		return logs.Write(p)
 	}), nil))
-	opts, err := parseFlags([]string{"--issuer", lan.srv.URL, "--resource", resource, "--imap-ca", dc.CACert},
+	opts, err := parseFlags([]string{"--issuer", lan.srv.URL, "--resource", resource, "--imap-ca", dc.CACert, "--allow-loopback-imap"},
 		func(k string) string {
 			if k == secretEnv {
 				return secret
@@ -362,6 +367,151 @@ func TestAccountFromFields(t *testing.T) {
 	_, err = accountFromFields(map[string]any{"username": "u", "password": "secret-pw", "host": "h", "port": 70000, "tls": "ssl"})
 	if err == nil || strings.Contains(err.Error(), "secret-pw") || !strings.Contains(err.Error(), "port") || !strings.Contains(err.Error(), "tls") {
 		t.Errorf("bad fields: %v", err)
+	}
+}
+
+// TestIMAPAddressGuard: the mail server's host comes from the credential
+// (the user may have typed it), so sessions dial only public addresses —
+// loopback only with --allow-loopback-imap — and the agent learns nothing
+// but "mail server unreachable".
+func TestIMAPAddressGuard(t *testing.T) {
+	// A listener on loopback that counts connections: the guard must refuse
+	// before connecting.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var mu sync.Mutex
+	accepted := 0
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			accepted++
+			mu.Unlock()
+			_ = c.Close()
+		}
+	}()
+	_, lport, _ := net.SplitHostPort(l.Addr().String())
+	loPort, _ := strconv.Atoi(lport)
+
+	d := imapDialer{Timeout: 3 * time.Second}
+	for _, tc := range []struct {
+		host string
+		port int
+	}{
+		{"127.0.0.1", loPort},
+		{"localhost", loPort},
+		{"::1", loPort},
+		{"10.0.0.1", 993},
+		{"192.168.1.1", 993},
+		{"169.254.169.254", 80},
+		{"::ffff:169.254.169.254", 80},
+		{"fd00::1", 993},
+		{"0.0.0.0", loPort},
+	} {
+		a := imapAccount{Username: "u", Password: "secret-pw", Host: tc.host, Port: tc.port, TLS: tlsPlaintext}
+		err := d.session(t.Context(), a, func(*imapclient.Client) error { return nil })
+		var me *mailServerError
+		if !errors.Is(err, safehttp.ErrBlockedAddress) || !errors.As(err, &me) {
+			t.Errorf("%s: session error %v, want a refused address", tc.host, err)
+			continue
+		}
+		if err.Error() != msgUnreachable {
+			t.Errorf("%s: error text %q, want only %q", tc.host, err, msgUnreachable)
+		}
+		if strings.Contains(me.Detail(), "secret-pw") {
+			t.Errorf("%s: detail contains the password: %s", tc.host, me.Detail())
+		}
+	}
+	mu.Lock()
+	if accepted != 0 {
+		t.Errorf("%d connections reached the loopback listener without --allow-loopback-imap", accepted)
+	}
+	mu.Unlock()
+
+	// With the flag, loopback is dialled (the listener hangs up: a greeting
+	// error, still only "unreachable"); private and link-local stay refused.
+	d.AllowLoopback = true
+	a := imapAccount{Username: "u", Password: "p", Host: "127.0.0.1", Port: loPort, TLS: tlsPlaintext}
+	err = d.session(t.Context(), a, func(*imapclient.Client) error { return nil })
+	if err == nil || errors.Is(err, safehttp.ErrBlockedAddress) || err.Error() != msgUnreachable {
+		t.Errorf("loopback with AllowLoopback: %v, want a dialled connection that failed later", err)
+	}
+	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return accepted == 1 })
+	for _, host := range []string{"10.0.0.1", "169.254.169.254"} {
+		a := imapAccount{Username: "u", Password: "p", Host: host, Port: 993, TLS: tlsImplicit}
+		if err := d.session(t.Context(), a, func(*imapclient.Client) error { return nil }); !errors.Is(err, safehttp.ErrBlockedAddress) {
+			t.Errorf("%s with AllowLoopback: %v, want refused", host, err)
+		}
+	}
+
+	// The flag is off by default.
+	opts, err := parseFlags([]string{"--issuer", "http://127.0.0.1:1"}, func(k string) string {
+		if k == secretEnv {
+			return "s"
+		}
+		return ""
+	}, io.Discard)
+	if err != nil || opts.allowLoopbackIMAP {
+		t.Errorf("parseFlags: %v, allowLoopbackIMAP %v (want off by default)", err, opts.allowLoopbackIMAP)
+	}
+	if opts, err = parseFlags([]string{"--issuer", "http://127.0.0.1:1", "--allow-loopback-imap"}, func(string) string { return "s" }, io.Discard); err != nil || !opts.allowLoopbackIMAP {
+		t.Errorf("--allow-loopback-imap: %v %v", err, opts.allowLoopbackIMAP)
+	}
+}
+
+// TestToolUnreachable: a tool call whose credential names a metadata or
+// private address fails with "mail server unreachable" and nothing more;
+// the log has the details but not the password.
+func TestToolUnreachable(t *testing.T) {
+	var logs strings.Builder
+	var logMu sync.Mutex
+	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	for _, host := range []string{"169.254.169.254", "10.0.0.1", "127.0.0.1"} {
+		red := redeemerFunc(func(context.Context, *mcpauth.Token, string, string) (*mcpauth.Credential, error) {
+			return &mcpauth.Credential{ConnectionID: "c", Connector: "mail", Type: "basic", Fields: map[string]any{
+				"username": "bob", "password": "hunter2-secret", "host": host, "port": float64(993), "tls": "implicit"}}, nil
+		})
+		s := &mailServer{auth: red, connector: "mail", imap: imapDialer{Timeout: 3 * time.Second}, gate: newAuthGate("http://x/meta"), log: log}
+		req := &mcp.CallToolRequest{Extra: &mcp.RequestExtra{TokenInfo: &auth.TokenInfo{Extra: map[string]any{gosdk.ExtraKey: &mcpauth.Token{GrantID: "g"}}}}}
+		_, _, err := s.listMailboxes(t.Context(), req, listIn{})
+		if err == nil || err.Error() != msgUnreachable {
+			t.Errorf("%s: tool error %v, want exactly %q", host, err, msgUnreachable)
+		}
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logs.String(), "169.254.169.254") || !strings.Contains(logs.String(), "not allowed") {
+		t.Errorf("the log does not say what was refused:\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), "hunter2-secret") {
+		t.Errorf("the log contains the password")
+	}
+}
+
+type redeemerFunc func(context.Context, *mcpauth.Token, string, string) (*mcpauth.Credential, error)
+
+func (f redeemerFunc) Redeem(ctx context.Context, tok *mcpauth.Token, connector, tool string) (*mcpauth.Credential, error) {
+	return f(ctx, tok, connector, tool)
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

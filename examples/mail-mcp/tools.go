@@ -207,8 +207,16 @@ func (s *mailServer) account(ctx context.Context, req *mcp.CallToolRequest, tool
 	return a, nil
 }
 
-// imapFailed logs and returns an IMAP failure as the tool's error.
+// imapFailed logs an IMAP failure and returns the tool's error. A failure
+// to reach or talk to the mail server is only msgUnreachable to the agent:
+// the address the credential named and the dial or TLS error (which could
+// tell what listens where) are for the log alone.
 func (s *mailServer) imapFailed(tool string, err error) error {
+	var me *mailServerError
+	if errors.As(err, &me) {
+		s.log.Warn("mail server unreachable", "tool", tool, "err", me.Detail())
+		return errors.New(msgUnreachable)
+	}
 	s.log.Info("mail server call failed", "tool", tool, "err", err)
 	return err
 }
