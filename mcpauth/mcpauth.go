@@ -222,7 +222,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, redeemURL: strings.TrimSuffix(cfg.Issuer, "/") + RedeemPath, dead: map[string]deadGrant{}}
-	c.credentials.init()
+	c.credentials.init(c.cfg.MaxCredentialTTL)
 	u, _ := url.Parse(cfg.Resource)
 	c.metaPath = WellKnownPath + strings.TrimSuffix(u.EscapedPath(), "/")
 	c.metaURL = u.Scheme + "://" + u.Host + c.metaPath
@@ -382,6 +382,23 @@ type Token struct {
 	// ID is "jti" and IssuedAt is "iat".
 	ID       string
 	IssuedAt time.Time
+
+	// verified is what Verify checked, set only by Verify: Redeem refuses a
+	// Token without it (one a program built itself, say from unverified
+	// input) and uses these values, not the exported fields, which anyone
+	// may change.
+	verified *verifiedToken
+}
+
+// verifiedToken is the part of a Token that Verify vouches for.
+type verifiedToken struct {
+	client   *Client
+	raw      string
+	grant    string
+	scopes   string // scopeKey of the scopes
+	expiry   time.Time
+	issuedAt time.Time
+	id       string
 }
 
 // HasScopes reports whether t carries every one of scopes.
@@ -429,7 +446,8 @@ func TokenFromContext(ctx context.Context) (*Token, bool) {
 }
 
 // ContextWithToken returns ctx carrying t, as Middleware does (for
-// adapters and tests).
+// adapters and tests). Only a Token that Verify returned can be redeemed:
+// Redeem refuses one built by hand.
 func ContextWithToken(ctx context.Context, t *Token) context.Context {
 	return context.WithValue(ctx, tokenKey{}, t)
 }
@@ -454,7 +472,9 @@ func (c *Client) Verify(ctx context.Context, raw string) (*Token, error) {
 		Raw: raw, Subject: claims.Subject, ClientID: claims.ClientID, GrantID: claims.GrantID,
 		Scopes: claims.Scopes, Expiry: claims.ExpiresAt, ID: claims.JTI, IssuedAt: claims.IssuedAt,
 	}
-	if c.revoked(t) {
+	t.verified = &verifiedToken{client: c, raw: raw, grant: claims.GrantID, scopes: scopeKey(claims.Scopes),
+		expiry: claims.ExpiresAt, issuedAt: claims.IssuedAt, id: claims.JTI}
+	if c.revoked(t.GrantID, t.IssuedAt) {
 		return nil, fmt.Errorf("%w: grant revoked", ErrInvalidToken)
 	}
 	return t, nil
@@ -465,9 +485,9 @@ func (c *Client) Verify(ctx context.Context, raw string) (*Token, error) {
 // every such token has expired).
 type deadGrant struct{ seen, until time.Time }
 
-func (c *Client) markRevoked(t *Token) {
+func (c *Client) markRevoked(grant string, expiry time.Time) {
 	now := c.cfg.Now()
-	if !now.Before(t.Expiry) {
+	if !now.Before(expiry) {
 		return // refused because it expired, not because the grant was revoked
 	}
 	c.mu.Lock()
@@ -477,17 +497,17 @@ func (c *Client) markRevoked(t *Token) {
 			delete(c.dead, id)
 		}
 	}
-	d := c.dead[t.GrantID]
+	d := c.dead[grant]
 	d.seen = now
 	// Tokens live at most token.DefaultMaxTokenTTL; those issued before now
 	// are dead by then (plus skew).
 	d.until = now.Add(token.DefaultMaxTokenTTL + token.ClockSkew)
-	c.dead[t.GrantID] = d
+	c.dead[grant] = d
 }
 
-func (c *Client) revoked(t *Token) bool {
+func (c *Client) revoked(grant string, issuedAt time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d, ok := c.dead[t.GrantID]
-	return ok && !t.IssuedAt.After(d.seen)
+	d, ok := c.dead[grant]
+	return ok && !issuedAt.After(d.seen)
 }

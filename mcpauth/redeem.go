@@ -3,6 +3,7 @@ package mcpauth
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -197,6 +197,10 @@ func (e *RedeemError) ResourceStatus() int {
 // Redeem asks Lanyard for the credential of connector that tok's grant
 // gives this MCP server for calling tool, authenticating with
 // Config.ClientID and ClientSecret. Lanyard's refusals are *RedeemError.
+// tok must be one that c's Verify (or Middleware) returned; any other is
+// refused with ErrUnverifiedToken, and what Verify checked (not the
+// exported fields, which a caller may change) is what is sent and what
+// the cache is keyed on.
 //
 // Answers are cached per grant, scopes, connector and tool (so that
 // Lanyard's per-tool policy still decides every tool): a cached credential
@@ -216,32 +220,40 @@ func (c *Client) Redeem(ctx context.Context, tok *Token, connector, tool string)
 		return nil, errors.New("mcpauth: redeem: connector and tool are required")
 	case c.cfg.ClientID == "":
 		return nil, errors.New("mcpauth: redeem: Config.ClientID and ClientSecret are not set")
+	case tok.verified == nil || tok.verified.client != c:
+		// A Token's fields are exported and ContextWithToken takes any
+		// Token: one built from unverified input must not reach the cache of
+		// the grant it names.
+		return nil, ErrUnverifiedToken
 	}
-	key := credKey{grant: tok.GrantID, scopes: scopeKey(tok.Scopes), connector: connector, tool: tool}
+	// Everything below comes from what Verify checked, not from the
+	// exported fields, which the caller may have changed since.
+	v := tok.verified
+	key := credKey{grant: v.grant, scopes: v.scopes, connector: connector, tool: tool}
 	now := c.cfg.Now()
-	if now.Before(tok.Expiry) {
+	if now.Before(v.expiry) {
 		if cred, ok := c.credentials.get(key, now); ok {
 			return cred.clone(), nil
 		}
 	}
-	gen := c.credentials.generation(tok.GrantID)
-	flightKey := key.String() + "\x00" + tok.ID + "\x00" + strconv.Itoa(len(tok.Raw))
+	gen := c.credentials.generation()
+	flightKey := key.String() + "\x00" + tokenDigest(v.raw)
 	ch := c.flight.DoChan(flightKey, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redeemTimeout)
 		defer cancel()
-		cred, err := c.redeem(rctx, tok.Raw, connector, tool)
+		cred, err := c.redeem(rctx, v.raw, connector, tool)
 		var re *RedeemError
 		switch {
 		case err == nil && c.cfg.MaxCredentialTTL > 0:
 			c.credentials.put(key, cred, gen, c.cfg.Now(), c.cfg.MaxCredentialTTL)
 		case err == nil:
 		case errors.As(err, &re) && re.Code == CodeInvalidToken:
-			c.markRevoked(tok)
-			c.credentials.dropGrant(tok.GrantID)
+			c.markRevoked(v.grant, v.expiry)
+			c.credentials.dropGrant(v.grant, c.cfg.Now())
 		case errors.As(err, &re) && re.Code == CodeAccessDenied:
-			c.credentials.dropGrant(tok.GrantID)
+			c.credentials.dropGrant(v.grant, c.cfg.Now())
 		case errors.As(err, &re) && re.Code == CodeNeedsRelink:
-			c.credentials.dropConnector(tok.GrantID, connector)
+			c.credentials.dropConnector(v.grant, connector, c.cfg.Now())
 		}
 		return cred, err
 	})
@@ -254,6 +266,17 @@ func (c *Client) Redeem(ctx context.Context, tok *Token, connector, tool string)
 		}
 		return res.Val.(*Credential).clone(), nil
 	}
+}
+
+// ErrUnverifiedToken is Redeem's refusal of a Token that this Client's
+// Verify (or Middleware) did not return.
+var ErrUnverifiedToken = errors.New("mcpauth: redeem: the token was not returned by this Client's Verify (or Middleware); build no Token by hand")
+
+// tokenDigest is a SHA-256 of the raw token, to tell tokens apart without
+// keeping them in keys.
+func tokenDigest(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return string(sum[:])
 }
 
 func scopeKey(scopes []string) string {
@@ -384,18 +407,42 @@ type credEntry struct {
 	until time.Time
 }
 
-// credCache holds redeemed credentials. Each grant has a generation that
-// dropGrant advances, so that a redemption that started before a drop
-// cannot put back what the drop removed.
+// credCache holds redeemed credentials.
+//
+// A redemption must not put back what a drop removed while it was in
+// flight, so every drop takes the next number of a counter and records it
+// for its grant; a redemption reads the counter when it starts
+// (generation) and put refuses its answer if its grant was dropped since.
+// Drop records are kept for dropRetention and then pruned, so the map does
+// not grow with every grant ever dropped; pruning raises floor to the
+// newest pruned number, and put refuses any redemption that started before
+// floor (for whichever grant: at worst an answer is not cached).
 type credCache struct {
-	mu      sync.Mutex
-	entries map[credKey]credEntry
-	gens    map[string]uint64
+	mu        sync.Mutex
+	entries   map[credKey]credEntry
+	drops     map[string]dropRecord // grant → its latest drop
+	seq       uint64                // number of the latest drop
+	floor     uint64                // redemptions started before this are not cached
+	lastPrune time.Time
+	retention time.Duration
 }
 
-func (cc *credCache) init() {
+type dropRecord struct {
+	seq uint64
+	at  time.Time
+}
+
+// minDropRetention is the least time a drop record is kept: longer than a
+// redemption can be in flight (redeemTimeout), so that floor rarely
+// refuses an answer that would have been right to cache.
+const minDropRetention = 2 * redeemTimeout
+
+// init sets the cache up; maxTTL is Config.MaxCredentialTTL (a drop record
+// is kept at least that long, and at least minDropRetention).
+func (cc *credCache) init(maxTTL time.Duration) {
 	cc.entries = map[credKey]credEntry{}
-	cc.gens = map[string]uint64{}
+	cc.drops = map[string]dropRecord{}
+	cc.retention = max(maxTTL, minDropRetention)
 }
 
 func (cc *credCache) get(k credKey, now time.Time) (*Credential, bool) {
@@ -412,14 +459,15 @@ func (cc *credCache) get(k credKey, now time.Time) (*Credential, bool) {
 	return e.cred, true
 }
 
-func (cc *credCache) generation(grant string) uint64 {
+// generation is the drop counter when a redemption starts.
+func (cc *credCache) generation() uint64 {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	return cc.gens[grant]
+	return cc.seq
 }
 
 // put caches cred until the earlier of its expiry less the skew and
-// now+maxTTL, unless the grant was dropped since gen was read.
+// now+maxTTL, unless k's grant was dropped since gen was read.
 func (cc *credCache) put(k credKey, cred *Credential, gen uint64, now time.Time, maxTTL time.Duration) {
 	until := now.Add(maxTTL)
 	if !cred.ExpiresAt.IsZero() {
@@ -432,7 +480,7 @@ func (cc *credCache) put(k credKey, cred *Credential, gen uint64, now time.Time,
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.gens[k.grant] != gen {
+	if d, ok := cc.drops[k.grant]; (ok && d.seq > gen) || gen < cc.floor {
 		return
 	}
 	if len(cc.entries) >= maxCachedCredentials {
@@ -448,10 +496,27 @@ func (cc *credCache) put(k credKey, cred *Credential, gen uint64, now time.Time,
 	cc.entries[k] = credEntry{cred: cred, until: until}
 }
 
-func (cc *credCache) dropGrant(grant string) {
+// dropLocked records a drop of grant and prunes old drop records (at most
+// once per half retention, so a stream of drops costs amortized O(1)).
+func (cc *credCache) dropLocked(grant string, now time.Time) {
+	cc.seq++
+	cc.drops[grant] = dropRecord{seq: cc.seq, at: now}
+	if now.Sub(cc.lastPrune) < cc.retention/2 {
+		return
+	}
+	cc.lastPrune = now
+	for g, d := range cc.drops {
+		if now.Sub(d.at) > cc.retention {
+			delete(cc.drops, g)
+			cc.floor = max(cc.floor, d.seq)
+		}
+	}
+}
+
+func (cc *credCache) dropGrant(grant string, now time.Time) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	cc.gens[grant]++
+	cc.dropLocked(grant, now)
 	for k := range cc.entries {
 		if k.grant == grant {
 			delete(cc.entries, k)
@@ -459,10 +524,10 @@ func (cc *credCache) dropGrant(grant string) {
 	}
 }
 
-func (cc *credCache) dropConnector(grant, connector string) {
+func (cc *credCache) dropConnector(grant, connector string, now time.Time) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	cc.gens[grant]++
+	cc.dropLocked(grant, now)
 	for k := range cc.entries {
 		if k.grant == grant && k.connector == connector {
 			delete(cc.entries, k)
@@ -470,6 +535,13 @@ func (cc *credCache) dropConnector(grant, connector string) {
 	}
 }
 
+// dropRecords is how many drop records are kept (for tests).
+func (cc *credCache) dropRecords() int {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return len(cc.drops)
+}
+
 // Forget drops every cached credential of grant, e.g. when the MCP server
 // learns by other means that it was revoked.
-func (c *Client) Forget(grantID string) { c.credentials.dropGrant(grantID) }
+func (c *Client) Forget(grantID string) { c.credentials.dropGrant(grantID, c.cfg.Now()) }

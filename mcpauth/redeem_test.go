@@ -458,3 +458,100 @@ func TestNoCredentialCache(t *testing.T) {
 		t.Errorf("%d redeem requests for 3 calls with the cache off, want 3", n)
 	}
 }
+
+// TestRedeemRefusesUnverifiedToken: a Token's fields are exported and
+// ContextWithToken takes any Token, so Redeem serves and sends only what
+// Verify checked: a Token built by hand is refused, and one whose fields
+// were changed after Verify is redeemed as what it was verified as — never
+// another grant's cached credential.
+func TestRedeemRefusesUnverifiedToken(t *testing.T) {
+	e := newRedeemEnv(t, func(cfg *mcpauth.Config) { cfg.MaxCredentialTTL = time.Hour })
+	e.mustRedeem(t, "t") // grant-1's credential is now cached
+	e.wantCalls(t, 1, "first redemption")
+
+	forged := &mcpauth.Token{Raw: "not-a-token", GrantID: e.tok.GrantID, Scopes: e.tok.Scopes,
+		ClientID: e.tok.ClientID, Subject: e.tok.Subject, Expiry: e.tok.Expiry, IssuedAt: e.tok.IssuedAt, ID: e.tok.ID}
+	ctx := mcpauth.ContextWithToken(t.Context(), forged)
+	fromCtx, _ := mcpauth.TokenFromContext(ctx)
+	cred, err := e.c.Redeem(ctx, fromCtx, lanyardtest.Connector, "t")
+	if !errors.Is(err, mcpauth.ErrUnverifiedToken) || cred != nil {
+		t.Errorf("Redeem of a hand-built token of grant-1 = %v, %v; want ErrUnverifiedToken", cred, err)
+	}
+	e.wantCalls(t, 1, "a hand-built token")
+
+	// A verified token of grant-2, its fields then changed to grant-1's.
+	other, err := e.c.Verify(t.Context(), e.w.Sign(token.Claims{GrantID: "grant-2", Scopes: []string{"mail.read"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := *other
+	changed.GrantID = e.tok.GrantID
+	changed.Raw = e.tok.Raw + "x"
+	if _, err := e.c.Redeem(t.Context(), &changed, lanyardtest.Connector, "t"); err != nil {
+		t.Fatal(err)
+	}
+	e.wantCalls(t, 2, "a verified grant-2 token relabelled grant-1 (must not hit grant-1's cache)")
+	if got := e.f.last().Token; got != other.Raw {
+		t.Errorf("sent a token other than the verified one")
+	}
+
+	// A token that another Client verified is not this Client's.
+	c2 := newClient(t, e.w, func(cfg *mcpauth.Config) { cfg.Now = e.clock.Now })
+	tok2, err := c2.Verify(t.Context(), e.w.Sign(token.Claims{GrantID: "grant-1", Scopes: []string{"mail.read"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Redeem(t.Context(), tok2, lanyardtest.Connector, "t"); !errors.Is(err, mcpauth.ErrUnverifiedToken) {
+		t.Errorf("Redeem of another Client's token: %v, want ErrUnverifiedToken", err)
+	}
+	e.wantCalls(t, 2, "another Client's token")
+	// The genuine token still hits its cache.
+	e.mustRedeem(t, "t")
+	e.wantCalls(t, 2, "grant-1's own token")
+}
+
+// TestRedeemDropRecordsPruned: the per-grant records of drops (which keep
+// an in-flight redemption from caching what a drop removed) do not grow
+// with every grant ever dropped.
+func TestRedeemDropRecordsPruned(t *testing.T) {
+	e := newRedeemEnv(t, func(cfg *mcpauth.Config) { cfg.MaxCredentialTTL = 5 * time.Minute })
+	for i := range 1000 {
+		e.c.Forget(fmt.Sprintf("grant-%d", i))
+	}
+	if n := e.c.DropRecords(); n != 1000 {
+		t.Fatalf("%d drop records right after 1000 drops", n)
+	}
+	e.clock.Advance(5*time.Minute + time.Second)
+	e.c.Forget("grant-last")
+	if n := e.c.DropRecords(); n != 1 {
+		t.Errorf("%d drop records after the retention, want 1", n)
+	}
+
+	// A redemption that started before its grant's drop does not cache
+	// even when the drop's record was pruned while it was in flight.
+	gate := make(chan struct{})
+	e.f.mu.Lock()
+	e.f.gate = gate
+	e.f.mu.Unlock()
+	done := make(chan error)
+	go func() { _, err := e.redeem(t, "slow"); done <- err }()
+	waitFor(t, func() bool { return e.f.n() == 1 })
+	e.f.mu.Lock()
+	e.f.gate = nil
+	e.f.mu.Unlock()
+	e.c.Forget("grant-1")
+	e.clock.Advance(5*time.Minute + time.Second)
+	e.c.Forget("grant-other")
+	if n := e.c.DropRecords(); n != 1 {
+		t.Errorf("%d drop records, want 1", n)
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.mustRedeem(t, "slow")
+	e.wantCalls(t, 2, "a redemption that started before a (since pruned) drop of its grant")
+	// One that starts afterwards is cached.
+	e.mustRedeem(t, "slow")
+	e.wantCalls(t, 2, "cached after pruning")
+}
