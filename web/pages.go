@@ -93,7 +93,9 @@ func (u *UI) renderLogin(w http.ResponseWriter, r *http.Request, status int, pro
 
 func (u *UI) login(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	if !u.limits.allow(r.RemoteAddr) {
+	if ok, err := u.allowSignIn(ctx, r.RemoteAddr); err != nil {
+		return err
+	} else if !ok {
 		u.renderLogin(w, r, http.StatusTooManyRequests, "Too many sign-in attempts from your address. Wait a minute and try again.")
 		return nil
 	}

@@ -7,12 +7,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/lanyardhq/lanyard/broker"
 )
@@ -113,18 +111,10 @@ func (u *UI) startSession(ctx context.Context, w http.ResponseWriter, r *http.Re
 	return nil
 }
 
-// limiter rate-limits sign-in attempts per client IP (per /64 for IPv6).
-type limiter struct {
-	mu      sync.Mutex
-	perMin  int
-	buckets map[string]*rate.Limiter
-}
-
-func newLimiter(perMin int) *limiter {
-	return &limiter{perMin: perMin, buckets: map[string]*rate.Limiter{}}
-}
-
-func (l *limiter) allow(remoteAddr string) bool {
+// allowSignIn counts a sign-in attempt from remoteAddr's IP (its /64 for
+// IPv6) in the store's counters, shared by every replica, and reports
+// whether it is within LoginRate for this minute.
+func (u *UI) allowSignIn(ctx context.Context, remoteAddr string) (bool, error) {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		host = remoteAddr
@@ -132,15 +122,9 @@ func (l *limiter) allow(remoteAddr string) bool {
 	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
 		host = ip.Mask(net.CIDRMask(64, 128)).String()
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.buckets) > 100_000 { // bound memory under a spray of addresses
-		l.buckets = map[string]*rate.Limiter{}
+	n, err := u.o.Store.Counters().Incr(ctx, "signin/"+host, time.Minute)
+	if err != nil {
+		return false, fmt.Errorf("sign-in rate limit: %w", err)
 	}
-	b, ok := l.buckets[host]
-	if !ok {
-		b = rate.NewLimiter(rate.Limit(float64(l.perMin)/60), 10)
-		l.buckets[host] = b
-	}
-	return b.Allow()
+	return n <= int64(u.o.LoginRate), nil
 }

@@ -52,8 +52,9 @@ type Options struct {
 	SessionTTL time.Duration
 	// VerifyPassword checks a password against a stored hash.
 	VerifyPassword func(hash string, password broker.SecretString) error
-	// LoginRate is the sustained sign-in attempts allowed per client IP per
-	// minute (burst 10); 0 means 10.
+	// LoginRate is the sign-in attempts allowed per client IP (per /64
+	// for IPv6) per minute, counted in Store.Counters() so that the limit
+	// holds across every replica; 0 means 10.
 	LoginRate int
 	Now       func() time.Time
 	Logger    *slog.Logger
@@ -61,10 +62,9 @@ type Options struct {
 
 // UI serves the pages.
 type UI struct {
-	o      Options
-	tmpl   map[string]*template.Template
-	cop    *http.CrossOriginProtection
-	limits *limiter
+	o    Options
+	tmpl map[string]*template.Template
+	cop  *http.CrossOriginProtection
 }
 
 // New parses the templates and returns the UI.
@@ -81,8 +81,7 @@ func New(o Options) (*UI, error) {
 	if o.SessionTTL <= 0 {
 		o.SessionTTL = 12 * time.Hour
 	}
-	u := &UI{o: o, tmpl: map[string]*template.Template{}, cop: http.NewCrossOriginProtection(),
-		limits: newLimiter(o.LoginRate)}
+	u := &UI{o: o, tmpl: map[string]*template.Template{}, cop: http.NewCrossOriginProtection()}
 	funcs := template.FuncMap{"usercode": authserver.FormatUserCode, "join": strings.Join}
 	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done", "accounts", "link", "unlink"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")

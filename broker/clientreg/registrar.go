@@ -1,11 +1,13 @@
 package clientreg
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net"
 	"net/http"
@@ -48,6 +50,12 @@ type RegistrarOptions struct {
 	// reverse proxy, middleware that trusts the proxy must set it.
 	Rate  rate.Limit
 	Burst int
+	// Counters, if set, counts registrations per address in a store shared
+	// by every replica (broker.Store.Counters), so that the limit holds
+	// across them: a fixed one-minute window allowing Rate×60 (rounded
+	// up, at least 1) registrations; Burst is not used then. Nil keeps
+	// the in-process token bucket.
+	Counters broker.Counters
 	// Logger receives causes of server errors; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -121,7 +129,9 @@ func (g *Registrar) register(w http.ResponseWriter, r *http.Request) (*Registrat
 		w.Header().Set("Allow", http.MethodPost)
 		return nil, oauth.ErrInvalidRequest.WithDescription("method must be POST").WithStatus(http.StatusMethodNotAllowed)
 	}
-	if !g.allow(r.RemoteAddr) {
+	if ok, err := g.allow(r.Context(), r.RemoteAddr); err != nil {
+		return nil, storeErr(err, "")
+	} else if !ok {
 		w.Header().Set("Retry-After", "60")
 		return nil, oauth.ErrTooManyRequests.WithDescription("too many registrations from this address; try again later")
 	}
@@ -185,8 +195,15 @@ func newSecret() string {
 }
 
 // allow reports whether the address in remoteAddr may register now.
-func (g *Registrar) allow(remoteAddr string) bool {
+func (g *Registrar) allow(ctx context.Context, remoteAddr string) (bool, error) {
 	key := limitKey(remoteAddr)
+	if g.o.Counters != nil {
+		if g.o.Rate == rate.Inf {
+			return true, nil
+		}
+		n, err := g.o.Counters.Incr(ctx, "register/"+key.String(), time.Minute)
+		return n <= max(1, int64(math.Ceil(float64(g.o.Rate)*60))), err
+	}
 	now := g.o.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -202,7 +219,7 @@ func (g *Registrar) allow(remoteAddr string) bool {
 		l = rate.NewLimiter(g.o.Rate, g.o.Burst)
 		g.limiters[key] = l
 	}
-	return l.AllowN(now, 1)
+	return l.AllowN(now, 1), nil
 }
 
 // limitKey is the rate-limit bucket of an address: the IPv4 address, or
