@@ -174,10 +174,13 @@ func (c Connection) Validate() error {
 // Grant is a user's consent: one client, one MCP server (resource), the
 // scopes, and the set of connections tokens under it may reach.
 type Grant struct {
-	ID            string    `json:"id"`
-	UserID        string    `json:"user_id"`
-	ClientID      string    `json:"client_id"`
-	Resource      string    `json:"resource"`
+	ID       string `json:"id"`
+	UserID   string `json:"user_id"`
+	ClientID string `json:"client_id"`
+	Resource string `json:"resource"`
+	// ResourceID is the registration the grant was made for: a server
+	// registered later at the same URI does not inherit the grant.
+	ResourceID    string    `json:"resource_id,omitempty"`
 	Scopes        []string  `json:"scopes,omitempty"`
 	ConnectionIDs []string  `json:"connection_ids,omitempty"`
 	CreatedAt     time.Time `json:"created_at"`

@@ -292,13 +292,12 @@ func (s *Server) Decide(ctx context.Context, id string, user broker.User, d Deci
 		}
 		return s.errorRedirect(req.RedirectURI, req.State, oauth.ErrAccessDenied.WithDescription("the user denied the request")), nil
 	}
-	grant, err := s.grantFor(ctx, user, req, d)
+	grant, err := s.grantFor(ctx, user, req, d, func(g broker.Grant) error {
+		return s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: broker.OutcomeOK, UserID: user.ID,
+			ClientID: req.ClientID, Resource: req.Resource, GrantID: g.ID,
+			Reason: "scope " + strings.Join(req.Scopes, " ") + "; connections " + strings.Join(g.ConnectionIDs, " ")})
+	})
 	if err != nil {
-		return "", err
-	}
-	if err := s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: broker.OutcomeOK, UserID: user.ID,
-		ClientID: req.ClientID, Resource: req.Resource, GrantID: grant.ID,
-		Reason: "scope " + strings.Join(req.Scopes, " ") + "; connections " + strings.Join(grant.ConnectionIDs, " ")}); err != nil {
 		return "", err
 	}
 	code := newSecret("lyc_")
@@ -323,13 +322,20 @@ func (s *Server) Decide(ctx context.Context, id string, user broker.User, d Deci
 // grantFor returns the grant a new code belongs to: the covering grant when
 // consent is remembered, else a new or widened grant with the chosen
 // connections.
-func (s *Server) grantFor(ctx context.Context, user broker.User, req broker.AuthRequest, d Decision) (broker.Grant, error) {
+// record is called with the grant as it will be, before anything is
+// written: the consent's audit record goes first, so a failure to write it
+// leaves the grant as it was.
+func (s *Server) grantFor(ctx context.Context, user broker.User, req broker.AuthRequest, d Decision, record func(broker.Grant) error) (broker.Grant, error) {
 	if d.Remembered {
 		if g, err := s.coveringGrant(ctx, user.ID, req); err != nil {
 			return broker.Grant{}, err
 		} else if g != nil {
-			return *g, nil
+			return *g, record(*g)
 		}
+	}
+	res, err := s.o.Store.Resources().GetBy(ctx, broker.IndexURI, req.Resource)
+	if err != nil {
+		return broker.Grant{}, fmt.Errorf("MCP server %s: %w", req.Resource, err)
 	}
 	conns, err := s.connections(ctx, user.ID)
 	if err != nil {
@@ -346,23 +352,33 @@ func (s *Server) grantFor(ctx context.Context, user broker.User, req broker.Auth
 	if err != nil {
 		return broker.Grant{}, err
 	}
+	widen := func(g broker.Grant) broker.Grant {
+		g.Scopes = slices.Clone(g.Scopes)
+		for _, sc := range req.Scopes {
+			if !slices.Contains(g.Scopes, sc) {
+				g.Scopes = append(g.Scopes, sc)
+			}
+		}
+		if !d.Remembered {
+			g.ConnectionIDs = chosen
+		}
+		g.UpdatedAt = now
+		return g
+	}
 	if len(existing) > 0 {
+		if err := record(widen(existing[0])); err != nil {
+			return broker.Grant{}, err
+		}
 		return s.o.Store.Grants().Update(ctx, existing[0].ID, func(g broker.Grant) (broker.Grant, error) {
-			for _, sc := range req.Scopes {
-				if !slices.Contains(g.Scopes, sc) {
-					g.Scopes = append(g.Scopes, sc)
-				}
-			}
-			if !d.Remembered {
-				g.ConnectionIDs = chosen
-			}
-			g.UpdatedAt = now
-			return g, nil
+			return widen(g), nil
 		})
 	}
 	g := broker.Grant{
-		ID: broker.NewID(), UserID: user.ID, ClientID: req.ClientID, Resource: req.Resource,
+		ID: broker.NewID(), UserID: user.ID, ClientID: req.ClientID, Resource: req.Resource, ResourceID: res.ID,
 		Scopes: slices.Clone(req.Scopes), ConnectionIDs: chosen, CreatedAt: now, UpdatedAt: now,
+	}
+	if err := record(g); err != nil {
+		return broker.Grant{}, err
 	}
 	return g, s.o.Store.Grants().Create(ctx, g)
 }

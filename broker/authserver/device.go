@@ -208,9 +208,15 @@ func (s *Server) DecideDevice(ctx context.Context, userCode string, user broker.
 		// must not be created or widened for a code already decided.
 		return ErrUnknownUserCode
 	}
+	ev := broker.AuditEvent{Action: broker.AuditConsent, Outcome: broker.OutcomeDenied, Reason: "device authorization",
+		UserID: user.ID, ClientID: dev.ClientID, Resource: dev.Resource}
 	var grantID string
 	if d.Approve {
-		g, err := s.grantFor(ctx, user, broker.AuthRequest{ClientID: dev.ClientID, Resource: dev.Resource, Scopes: dev.Scopes}, d)
+		g, err := s.grantFor(ctx, user, broker.AuthRequest{ClientID: dev.ClientID, Resource: dev.Resource, Scopes: dev.Scopes}, d,
+			func(g broker.Grant) error {
+				ev.Outcome, ev.GrantID = broker.OutcomeOK, g.ID
+				return s.audit(ctx, ev)
+			})
 		if err != nil {
 			return err
 		}
@@ -231,10 +237,8 @@ func (s *Server) DecideDevice(ctx context.Context, userCode string, user broker.
 	}
 	s.o.Logger.InfoContext(ctx, "device authorization decided", "user", user.ID, "client_id", dev.ClientID,
 		"aud", dev.Resource, "approved", d.Approve)
-	outcome := broker.OutcomeOK
-	if !d.Approve {
-		outcome = broker.OutcomeDenied
+	if d.Approve {
+		return nil // recorded before the grant was written
 	}
-	return s.audit(ctx, broker.AuditEvent{Action: broker.AuditConsent, Outcome: outcome, Reason: "device authorization",
-		UserID: user.ID, ClientID: dev.ClientID, Resource: dev.Resource, GrantID: grantID})
+	return s.audit(ctx, ev)
 }

@@ -3,6 +3,7 @@ package authserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -75,6 +76,9 @@ func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.
 	}
 	if g.Resource != c.Audience || g.ClientID != c.ClientID || g.UserID != c.Subject {
 		return c, g, oauth.ErrInvalidToken.WithDescription("the access token does not match its grant")
+	}
+	if err := s.sameRegistration(ctx, g); err != nil {
+		return c, g, oauth.ErrInvalidToken.WithDescription("the MCP server this token was issued for is no longer registered").WithCause(err)
 	}
 	return c, g, nil
 }
@@ -153,4 +157,18 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
+}
+
+// sameRegistration checks that the grant's MCP server is still registered,
+// and as the same registration: a server registered later at the same URI
+// does not inherit grants made for an earlier one.
+func (s *Server) sameRegistration(ctx context.Context, g broker.Grant) error {
+	res, err := s.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource)
+	if err != nil {
+		return err
+	}
+	if g.ResourceID != "" && g.ResourceID != res.ID {
+		return fmt.Errorf("grant %s was made for registration %s, not %s: %w", g.ID, g.ResourceID, res.ID, broker.ErrNotFound)
+	}
+	return nil
 }

@@ -58,6 +58,9 @@ func (c *fakeClock) Advance(d time.Duration) {
 type envOptions struct {
 	now             func() time.Time // one clock for store, keys, server and UI
 	defaultResource string
+	// audit, if set, is the audit log the authorization server writes to
+	// (the store's own otherwise).
+	audit broker.AuditLog
 }
 
 // newEnvWith is newEnv with options: the same world, seeded the same way.
@@ -87,7 +90,7 @@ func newEnvWith(t *testing.T, o envOptions) *env {
 	}
 	var ui *web.UI
 	e.auth, err = authserver.New(authserver.Options{
-		Issuer: e.issuer, Store: db, Keys: e.keys, Dev: true, CIMD: true, Now: o.now, DefaultResource: o.defaultResource,
+		Issuer: e.issuer, Store: withAudit(db, o.audit), Keys: e.keys, Dev: true, CIMD: true, Now: o.now, DefaultResource: o.defaultResource,
 		Clients: clientreg.NewResolver(clientreg.ResolverOptions{Clients: db.Clients(), DevLoopback: true, Now: o.now,
 			HTTP: safehttp.NewClient(safehttp.Options{AllowLoopback: true})}),
 		Registration:   clientreg.NewRegistrar(clientreg.RegistrarOptions{Clients: db.Clients(), DevLoopback: true, Now: o.now}),

@@ -14,6 +14,10 @@ import (
 	"github.com/lanyardhq/lanyard/broker/token"
 )
 
+// LastUsedGranularity: Grant.LastUsedAt is written at most this often by
+// token requests (redemption keeps the same pace).
+const LastUsedGranularity = time.Minute
+
 // tokenResponse is RFC 6749 §5.1.
 type tokenResponse struct {
 	AccessToken  string `json:"access_token"`
@@ -196,6 +200,11 @@ func (s *Server) liveGrant(ctx context.Context, id string) (broker.Grant, error)
 // new refresh token replaces it in one atomic rotation.
 func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant, scopes, refreshScopes []string, oldRefresh string) (tokenResponse, error) {
 	now := s.now()
+	if err := s.sameRegistration(ctx, g); errors.Is(err, broker.ErrNotFound) {
+		return tokenResponse{}, oauth.ErrInvalidGrant.WithDescription("the MCP server of this authorization is no longer registered")
+	} else if err != nil {
+		return tokenResponse{}, err
+	}
 	accessScopes := slices.DeleteFunc(slices.Clone(scopes), func(s string) bool { return s == ScopeOfflineAccess })
 	at, err := s.o.Keys.Sign(ctx, token.Claims{
 		Issuer: s.o.Issuer, Subject: g.UserID, Audience: g.Resource, ClientID: client.ID,
@@ -206,6 +215,16 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 	}
 	resp := tokenResponse{AccessToken: at, TokenType: "Bearer", ExpiresIn: int64(s.o.AccessTokenTTL / time.Second),
 		Scope: strings.Join(accessScopes, " ")}
+	// The audit record goes first: if it cannot be written nothing has
+	// changed (no refresh token consumed), and the client may simply retry.
+	action := broker.AuditIssue
+	if oldRefresh != "" {
+		action = broker.AuditRefresh
+	}
+	if err := s.audit(ctx, broker.AuditEvent{Action: action, Outcome: broker.OutcomeOK, UserID: g.UserID, ClientID: client.ID,
+		Resource: g.Resource, GrantID: g.ID, Reason: "scope " + resp.Scope}); err != nil {
+		return tokenResponse{}, err
+	}
 	if slices.Contains(refreshScopes, ScopeOfflineAccess) && slices.Contains(grantTypes(client), GrantRefreshToken) {
 		rt := newSecret("lyr_")
 		rec := broker.RefreshToken{ID: HashSecret(rt), GrantID: g.ID, ClientID: client.ID, Scopes: refreshScopes,
@@ -221,19 +240,15 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 		}
 		resp.RefreshToken = rt
 	}
-	action := broker.AuditIssue
-	if oldRefresh != "" {
-		action = broker.AuditRefresh
-	}
-	if err := s.audit(ctx, broker.AuditEvent{Action: action, Outcome: broker.OutcomeOK, UserID: g.UserID, ClientID: client.ID,
-		Resource: g.Resource, GrantID: g.ID, Reason: "scope " + resp.Scope}); err != nil {
-		return tokenResponse{}, err
-	}
-	if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
-		x.LastUsedAt = now
-		return x, nil
-	}); err != nil {
-		s.o.Logger.WarnContext(ctx, "record grant use", "grant", g.ID, "err", err)
+	// LastUsedAt is for display (grants list): written at most once per
+	// LastUsedGranularity, sparing each token request an fsynced write.
+	if now.Sub(g.LastUsedAt) >= LastUsedGranularity {
+		if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
+			x.LastUsedAt = now
+			return x, nil
+		}); err != nil {
+			s.o.Logger.WarnContext(ctx, "record grant use", "grant", g.ID, "err", err)
+		}
 	}
 	s.o.Logger.InfoContext(ctx, "token issued", "client_id", client.ID, "user", g.UserID, "aud", g.Resource,
 		"grant", g.ID, "refresh", resp.RefreshToken != "")

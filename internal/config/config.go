@@ -69,8 +69,29 @@ type HTTP struct {
 
 // Store selects the metadata store.
 type Store struct {
-	Backend string `yaml:"backend"` // bolt
+	Backend string `yaml:"backend"` // bolt or etcd
 	Bolt    Bolt   `yaml:"bolt"`
+	Etcd    Etcd   `yaml:"etcd"`
+}
+
+// Etcd configures the etcd metadata store, which any number of replicas
+// share (with secrets.backend vault).
+type Etcd struct {
+	// Endpoints are the members' client URLs, all http:// or all https://.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is prepended to every key: one deployment, one prefix.
+	Prefix         string        `yaml:"prefix"`
+	DialTimeout    time.Duration `yaml:"dial_timeout"`
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// Username and Password authenticate to etcd (its auth enabled).
+	Username     string              `yaml:"username"`
+	Password     broker.SecretString `yaml:"password"`
+	PasswordFile string              `yaml:"password_file"`
+	// CACert verifies the members' certificates; Cert and Key are a
+	// client certificate (both or neither). PEM files.
+	CACert string `yaml:"ca_cert"`
+	Cert   string `yaml:"cert"`
+	Key    string `yaml:"key"`
 }
 
 // Bolt configures the embedded bbolt store.
@@ -267,7 +288,7 @@ func Default() Config {
 			MaxHeaderBytes:    32 << 10,
 			ShutdownTimeout:   15 * time.Second,
 		},
-		Store:   Store{Backend: "bolt"},
+		Store:   Store{Backend: "bolt", Etcd: Etcd{Prefix: "/lanyard/", DialTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second}},
 		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
 		OAuth: OAuth{
 			AccessTokenTTL: 10 * time.Minute, RefreshTokenTTL: 30 * 24 * time.Hour, SessionTTL: 12 * time.Hour,
@@ -437,8 +458,15 @@ func (c *Config) finish() Problems {
 	if c.HTTP.MaxHeaderBytes < 4<<10 || c.HTTP.MaxHeaderBytes > 1<<20 {
 		add("http.max_header_bytes: %d is outside 4096..1048576", c.HTTP.MaxHeaderBytes)
 	}
-	if c.Store.Backend != "bolt" {
-		add("store.backend: %q is not supported (bolt)", c.Store.Backend)
+	switch c.Store.Backend {
+	case "bolt":
+	case "etcd":
+		p = append(p, c.Store.Etcd.finish()...)
+		if c.Secrets.Backend != "vault" {
+			add("store.backend: etcd needs secrets.backend: vault (the sealed secret store keeps its data in the local bolt file, which replicas cannot share)")
+		}
+	default:
+		add("store.backend: %q is not one of bolt, etcd", c.Store.Backend)
 	}
 	p = append(p, c.finishOAuth()...)
 	switch c.Secrets.Backend {
@@ -447,6 +475,52 @@ func (c *Config) finish() Problems {
 		p = append(p, c.Secrets.Vault.finish()...)
 	default:
 		add("secrets.backend: %q is not one of vault, sealed", c.Secrets.Backend)
+	}
+	return p
+}
+
+func (e *Etcd) finish() Problems {
+	var p Problems
+	add := func(format string, args ...any) { p = append(p, fmt.Sprintf(format, args...)) }
+	readSecretFile(&e.Password, &e.PasswordFile, "store.etcd.password_file", &p)
+	if len(e.Endpoints) == 0 {
+		add("store.etcd.endpoints: list the etcd members' client URLs")
+	}
+	schemes := map[string]bool{}
+	remoteHTTP := false
+	for i, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" {
+			add("store.etcd.endpoints[%d]: %q is not an http(s)://host:port URL", i, ep)
+			continue
+		}
+		schemes[u.Scheme] = true
+		remoteHTTP = remoteHTTP || (u.Scheme == "http" && !isLoopback(u.Hostname()))
+	}
+	if len(schemes) > 1 {
+		add("store.etcd.endpoints: mix http and https; use one (https for TLS)")
+	}
+	tlsFiles := e.CACert != "" || e.Cert != "" || e.Key != ""
+	if tlsFiles && schemes["http"] {
+		add("store.etcd: ca_cert, cert and key need https endpoints")
+	}
+	if (e.Cert == "") != (e.Key == "") {
+		add("store.etcd: set both cert and key (a client certificate), or neither")
+	}
+	if (e.Username == "") != (e.Password == "") {
+		add("store.etcd: set both username and password (or password_file), or neither")
+	}
+	if e.Password != "" && remoteHTTP {
+		add("store.etcd: the password would cross the network in clear to a plain-http endpoint on another host; use https endpoints")
+	}
+	if e.Prefix == "" || !strings.HasPrefix(e.Prefix, "/") || strings.ContainsFunc(e.Prefix, func(r rune) bool { return r < 0x20 }) {
+		add("store.etcd.prefix: %q must start with / and hold no control characters", e.Prefix)
+	}
+	if e.DialTimeout <= 0 {
+		add("store.etcd.dial_timeout: must be a positive duration")
+	}
+	if e.RequestTimeout <= 0 {
+		add("store.etcd.request_timeout: must be a positive duration")
 	}
 	return p
 }
