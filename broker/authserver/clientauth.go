@@ -25,7 +25,8 @@ const (
 
 // JWKS URL caching: a fetched set is used for jwksMaxAge; a signature that
 // no cached key verifies causes at most one refetch per jwksMinRefetch (a
-// key rotated in at the MCP server, or a forged kid).
+// key rotated in at the MCP server, or a forged kid); no fetch, failed or
+// not, is made within jwksMinRefetch of the last one to the same URL.
 const (
 	jwksMaxAge     = 5 * time.Minute
 	jwksMinRefetch = 30 * time.Second
@@ -122,46 +123,69 @@ type jwksCache struct {
 }
 
 type jwksEntry struct {
-	body    []byte
-	fetched time.Time
+	body    []byte    // the last set fetched; nil if none ever was
+	fetched time.Time // when body was fetched
+	// tried is when the last fetch was made, successful or not, and err
+	// its error (nil on success). Every fetch, failed ones too, waits
+	// jwksMinRefetch after the last: the resource id comes from the
+	// unverified assertion, so without this every unauthenticated request
+	// naming a server whose JWKS URL is down would cause another fetch.
+	tried time.Time
+	err   error
 }
 
 func newJWKSCache(c *http.Client) *jwksCache {
 	return &jwksCache{client: c, m: map[string]jwksEntry{}}
 }
 
-// get returns the cached set while it is younger than jwksMaxAge, and with
-// refresh while it is younger than jwksMinRefetch; otherwise it fetches
-// (once for concurrent callers). A failed refetch keeps serving a set that
-// is still within its age.
+// get returns the cached set while it is younger than jwksMaxAge (with
+// refresh, only if the last fetch is younger than jwksMinRefetch);
+// otherwise it fetches (once for concurrent callers). No fetch is made
+// within jwksMinRefetch of the last one, successful or failed: meanwhile a
+// set still within its age is served, else the last fetch's error. A
+// failed refetch keeps serving a set that is still within its age.
 func (c *jwksCache) get(ctx context.Context, url string, now time.Time, refresh bool) ([]byte, error) {
 	c.mu.Lock()
 	e, ok := c.m[url]
 	c.mu.Unlock()
-	age := now.Sub(e.fetched)
-	if ok && age < jwksMaxAge && (!refresh || age < jwksMinRefetch) {
+	fresh := ok && e.body != nil && now.Sub(e.fetched) < jwksMaxAge
+	recent := ok && now.Sub(e.tried) < jwksMinRefetch
+	switch {
+	case fresh && (!refresh || recent):
 		return e.body, nil
+	case recent && e.err != nil:
+		return nil, fmt.Errorf("%w (not retried before %s)", e.err, e.tried.Add(jwksMinRefetch).UTC().Format(time.RFC3339))
 	}
 	v, err, _ := c.flight.Do(url, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), safehttp.DefaultTimeout)
 		defer cancel()
-		resp, err := safehttp.Get(ctx, c.client, url, maxJWKSBody)
-		if err != nil {
-			return nil, err
-		}
-		if resp.Status != http.StatusOK {
-			return nil, fmt.Errorf("JWKS URL answered %d", resp.Status)
-		}
+		body, err := c.fetch(ctx, url)
 		c.mu.Lock()
-		c.m[url] = jwksEntry{body: resp.Body, fetched: now}
-		c.mu.Unlock()
-		return resp.Body, nil
+		defer c.mu.Unlock()
+		cur := c.m[url]
+		cur.tried, cur.err = now, err
+		if err == nil {
+			cur.body, cur.fetched = body, now
+		}
+		c.m[url] = cur
+		return body, err
 	})
 	if err != nil {
-		if ok && age < jwksMaxAge {
+		if fresh {
 			return e.body, nil
 		}
 		return nil, err
 	}
 	return v.([]byte), nil
+}
+
+func (c *jwksCache) fetch(ctx context.Context, url string) ([]byte, error) {
+	resp, err := safehttp.Get(ctx, c.client, url, maxJWKSBody)
+	if err != nil {
+		return nil, err
+	}
+	if resp.Status != http.StatusOK {
+		return nil, fmt.Errorf("JWKS URL answered %d", resp.Status)
+	}
+	return resp.Body, nil
 }
