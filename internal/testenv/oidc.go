@@ -229,5 +229,29 @@ func (p *OIDCProvider) RevokeAll(tb testing.TB) {
 	}
 }
 
+// RefreshCounts returns how many refresh_token grants the provider has
+// answered with tokens (ok) and with an error (failed) since it started.
+func (p *OIDCProvider) RefreshCounts(tb testing.TB) (ok, failed int) {
+	tb.Helper()
+	req, err := http.NewRequest(http.MethodPost, p.Issuer+"/_test/counts", nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("X-Test-Admin", p.adminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("refresh counts: %v", err)
+	}
+	defer resp.Body.Close()
+	var c struct {
+		Refresh       int `json:"refresh"`
+		RefreshFailed int `json:"refresh_failed"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil || resp.StatusCode != http.StatusOK {
+		tb.Fatalf("refresh counts: status %d: %v", resp.StatusCode, err)
+	}
+	return c.Refresh, c.RefreshFailed
+}
+
 // String is for test logs.
 func (p *OIDCProvider) String() string { return fmt.Sprintf("oidc-provider at %s", p.Issuer) }

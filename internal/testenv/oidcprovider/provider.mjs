@@ -14,6 +14,8 @@
 // Test-only endpoint, outside the provider:
 //
 //   POST /_test/revoke-all  forget every grant and token (connectortest Break)
+//   POST /_test/counts      {"refresh": n, "refresh_failed": m}: refresh_token
+//                           grants answered with tokens / with an error
 import http from 'node:http';
 import crypto from 'node:crypto';
 
@@ -127,11 +129,20 @@ const provider = new Provider(issuer, {
   },
 });
 
+// Counts of refresh_token grants, for tests that a refresh happened once.
+const counts = { refresh: 0, refresh_failed: 0 };
+provider.on('grant.success', (ctx) => { if (ctx.oidc.params.grant_type === 'refresh_token') counts.refresh += 1; });
+provider.on('grant.error', (ctx) => { if (ctx.oidc?.params?.grant_type === 'refresh_token') counts.refresh_failed += 1; });
+
 const handler = provider.callback();
 const server = http.createServer((req, res) => {
   if (req.url.startsWith('/_test/')) {
     if (req.method !== 'POST' || req.headers['x-test-admin'] !== adminKey) {
       res.writeHead(403).end();
+      return;
+    }
+    if (req.url === '/_test/counts') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(counts));
       return;
     }
     if (req.url === '/_test/revoke-all') {
