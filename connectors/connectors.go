@@ -119,6 +119,19 @@ type Materializer interface {
 	Materialize(ctx context.Context, secret broker.Secret) (Credential, error)
 }
 
+// Exchanger trades a stored credential for a new one at the upstream's own
+// authorization server with RFC 8693 token exchange (OAuth providers that
+// support it): the stored access token is the subject_token and the answer,
+// typically shorter-lived and restricted to audience, is what an MCP server
+// receives instead of the stored token. audience "" means the connector's
+// configured one (or none); scopes nil means the subject token's. The stored
+// secret is not changed. A refused subject token (invalid_grant) is
+// ErrNeedsRelink; other failures are ErrUpstream. The caller refreshes an
+// expiring access token first.
+type Exchanger interface {
+	Exchange(ctx context.Context, secret broker.Secret, audience string, scopes []string) (Credential, error)
+}
+
 // Errors connectors return (wrapped, matched with errors.Is).
 var (
 	// ErrRejected: the upstream refused the credential (wrong password,

@@ -19,7 +19,17 @@
 //  5. the connection is healthy;
 //  6. the server's tool policy allows the tool with the token's scopes;
 //  7. the credential is fetched (an expiring OAuth token is refreshed
-//     first, single-flight, by broker/links).
+//     first, single-flight, by broker/links) or, for a connector
+//     configured to exchange onward (Options.OnwardExchange), obtained by
+//     RFC 8693 token exchange at the connector's own provider.
+//
+// Onward exchange applies at both doors: for such a connector the stored
+// upstream token never leaves Lanyard (otherwise /v1/redeem would undo
+// the operator's choice). The subject of the onward exchange is the stored
+// access token; its audience is the connector's exchange_audience (none if
+// unset; the MCP server's URI means nothing to an upstream provider); the
+// scope parameter of a token exchange at Lanyard is not passed on. The
+// audit record of an onward exchange says so in its reason.
 //
 // The audit record of a success is appended (durably) before the response
 // is written; if it cannot be, no credential leaves (503). Denials are
@@ -83,10 +93,10 @@ type Options struct {
 	// Links hands out (and refreshes) credentials. Required.
 	Links *links.Service
 	// OnwardExchange reports whether a connector is configured to exchange
-	// tokens onward at its provider (config oauth2.token_exchange). That is
-	// not implemented: token exchange for such a connector is refused with
-	// invalid_target and a description that says so, rather than handing
-	// out the stored token against the operator's wish. Nil: none is.
+	// tokens onward at its provider (config oauth2.token_exchange): then
+	// both /v1/redeem and token exchange answer with a token the provider
+	// issues by RFC 8693 exchange of the stored one (links.Exchange), never
+	// with the stored token. Nil: none is.
 	OnwardExchange func(connector string) bool
 	Now            func() time.Time
 	Logger         *slog.Logger
@@ -207,7 +217,8 @@ func (s *Service) redeem(w http.ResponseWriter, r *http.Request) {
 // the MCP tool. Without tool the policy is applied to the tool name "":
 // allowed only when the MCP server's policy is default-allow (or has a
 // rule named ""). The answer is the upstream OAuth access token with its
-// remaining life. Connectors of other kinds than oauth2 are invalid_target
+// remaining life (or, for a connector that exchanges onward, the token its
+// provider issued for it). Connectors of other kinds than oauth2 are invalid_target
 // (use /v1/redeem); problems with the subject token are invalid_request.
 func (s *Service) Exchange(w http.ResponseWriter, r *http.Request, p oauth.Params) {
 	ctx := r.Context()
@@ -230,10 +241,6 @@ func (s *Service) Exchange(w http.ResponseWriter, r *http.Request, p oauth.Param
 			f.err = oauth.ErrInvalidRequest.WithDescription("subject_token: " + f.err.Description)
 		}
 		s.deny(ctx, w, r, ev, f)
-		return
-	}
-	if s.o.OnwardExchange(name) {
-		s.deny(ctx, w, r, ev, fail(oauth.ErrInvalidTarget, "connector %q is configured to exchange tokens onward at its provider (token_exchange), which this Lanyard does not implement; turn the option off to receive the stored access token", name))
 		return
 	}
 	at, _ := cred.Fields["access_token"].(string)
@@ -343,20 +350,46 @@ func (s *Service) decide(ctx context.Context, res broker.Resource, raw, connecto
 	if f := checkPolicy(res.Policy, tool, connector, c.Scopes); f != nil {
 		return g, conn, cred, f
 	}
-	cred, err = s.o.Links.Credential(ctx, conn)
-	switch {
-	case err == nil:
+	onward := s.o.OnwardExchange(connector)
+	if onward {
+		ev.Reason = reasonOnward
+		cred, err = s.o.Links.Exchange(ctx, conn, "")
+	} else {
+		cred, err = s.o.Links.Credential(ctx, conn)
+	}
+	if err == nil {
 		return g, conn, cred, nil
+	}
+	f := credentialFailure(err, conn)
+	if onward {
+		f.detail = reasonOnward
+		if f.err.Status == http.StatusBadGateway {
+			f.err = f.err.WithDescription("the upstream provider did not exchange the token; try again")
+		}
+	}
+	return g, conn, cred, f
+}
+
+// reasonOnward marks the audit record of a credential obtained by onward
+// token exchange at the upstream provider.
+const reasonOnward = "onward exchange"
+
+// credentialFailure maps an error of links.Credential or links.Exchange.
+func credentialFailure(err error, conn broker.Connection) *failure {
+	switch {
 	case errors.Is(err, links.ErrNeedsRelink):
-		return g, conn, cred, needsRelink(conn)
+		return needsRelink(conn)
 	case errors.Is(err, links.ErrUnknownConnector):
-		return g, conn, cred, &failure{err: oauth.ErrServerError.WithDescription(
-			fmt.Sprintf("connector %q is not configured on this Lanyard", connector)).WithCause(err)}
+		return &failure{err: oauth.ErrServerError.WithDescription(
+			fmt.Sprintf("connector %q is not configured on this Lanyard", conn.Connector)).WithCause(err)}
+	case errors.Is(err, errors.ErrUnsupported):
+		return &failure{err: oauth.ErrServerError.WithDescription(
+			fmt.Sprintf("connector %q is configured to exchange tokens onward but cannot", conn.Connector)).WithCause(err)}
 	case errors.Is(err, broker.ErrUnavailable):
-		return g, conn, cred, &failure{err: oauth.ErrTemporarilyUnavailable.WithDescription(
+		return &failure{err: oauth.ErrTemporarilyUnavailable.WithDescription(
 			"the secret store is unavailable; try again").WithCause(err)}
 	}
-	return g, conn, cred, &failure{err: oauth.ErrTemporarilyUnavailable.WithStatus(http.StatusBadGateway).
+	return &failure{err: oauth.ErrTemporarilyUnavailable.WithStatus(http.StatusBadGateway).
 		WithDescription("the upstream service could not be reached; try again").WithCause(err)}
 }
 

@@ -381,7 +381,7 @@ func withForm(v url.Values, k, val string) url.Values {
 // TestTokenExchangeAtRealProvider: alice links an account at a real OpenID
 // provider (npm oidc-provider); the MCP server exchanges her agent's token
 // for the upstream access token, which is refreshed first when it is about
-// to expire. Policy and the onward-exchange setting still apply.
+// to expire. Policy still applies. (Onward exchange: TestTokenExchangeOnward.)
 func TestTokenExchangeAtRealProvider(t *testing.T) {
 	ctx := context.Background()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -434,10 +434,6 @@ func TestTokenExchangeAtRealProvider(t *testing.T) {
 	// Policy: a tool needing mail.send, and no tool at all (default deny).
 	checkDenied(t, w.exchange(mcpID, mcpSecret, withForm(form, "tool", policySend)), 403, "insufficient_scope", "mail.send")
 	checkDenied(t, w.exchange(mcpID, mcpSecret, withForm(form, "tool", "")), 403, "access_denied", "tool not allowed")
-	// Onward exchange configured: refused, saying it is not implemented.
-	w.onward.Store(true)
-	checkDenied(t, w.exchange(mcpID, mcpSecret, form), 400, "invalid_target", "does not implement")
-	w.onward.Store(false)
 	// Close to its expiry the upstream token is refreshed before it is
 	// handed out, and the rotated secret is what the server gets.
 	before := stored()

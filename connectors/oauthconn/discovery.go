@@ -23,6 +23,7 @@ type discovery struct {
 	CodeChallengeMethods     []string `json:"code_challenge_methods_supported"`
 	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
 	ResponseTypes            []string `json:"response_types_supported"`
+	GrantTypes               []string `json:"grant_types_supported"`
 	// RFC 9207: the provider puts iss in every authorization response.
 	ISSParameterSupported bool `json:"authorization_response_iss_parameter_supported"`
 }

@@ -45,6 +45,7 @@ var (
 	_ connectors.Refresher      = (*Connector)(nil)
 	_ connectors.Revoker        = (*Connector)(nil)
 	_ connectors.Materializer   = (*Connector)(nil)
+	_ connectors.Exchanger      = (*Connector)(nil)
 )
 
 // Errors of this kind besides the connectors ones.
@@ -123,7 +124,10 @@ type Connector struct {
 	issRequired   bool
 	revocationURL string
 	userinfoURL   string
-	authParams    []oauth2.AuthCodeOption
+	// exchangeAudience is the audience of an onward token exchange when
+	// the caller names none (config exchange_audience).
+	exchangeAudience string
+	authParams       []oauth2.AuthCodeOption
 	http          *http.Client
 	now           func() time.Time
 }
@@ -230,6 +234,10 @@ func New(ctx context.Context, name, displayName string, cfg config.OAuth2Connect
 		c.issRequired = d.ISSParameterSupported
 		c.revocationURL = d.RevocationEndpoint
 		c.userinfoURL = d.UserinfoEndpoint
+		if cfg.TokenExchange && len(d.GrantTypes) > 0 && !slices.Contains(d.GrantTypes, GrantTokenExchange) {
+			return nil, fmt.Errorf("%w: oauth2 connector %s: token_exchange is set but the provider does not list %s in grant_types_supported",
+				broker.ErrInvalid, name, GrantTokenExchange)
+		}
 		if len(scopes) == 0 {
 			scopes = []string{"openid"}
 		}
@@ -253,6 +261,7 @@ func New(ctx context.Context, name, displayName string, cfg config.OAuth2Connect
 	if cfg.UserInfoURL != "" {
 		c.userinfoURL = cfg.UserInfoURL
 	}
+	c.exchangeAudience = cfg.ExchangeAudience
 	for what, u := range map[string]string{
 		"authorization endpoint": ep.AuthURL, "token endpoint": ep.TokenURL,
 		"revocation endpoint": c.revocationURL, "userinfo endpoint": c.userinfoURL,

@@ -238,6 +238,10 @@ type OAuth2Connector struct {
 	// TokenExchange: exchange onward at the provider (RFC 8693) instead of
 	// handing out the stored token, where the provider supports it.
 	TokenExchange bool `yaml:"token_exchange"`
+	// ExchangeAudience is sent as the audience of an onward exchange: the
+	// upstream API the exchanged token is for, in the provider's terms.
+	// Empty: no audience is sent and the provider picks its default.
+	ExchangeAudience string `yaml:"exchange_audience"`
 }
 
 // APIKeyConnector links an API key.

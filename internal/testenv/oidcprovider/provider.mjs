@@ -11,15 +11,22 @@
 // the provider's own login page (any user name and password) and consent
 // page: plain HTML forms that testenv drives without a browser.
 //
-// Test-only endpoint, outside the provider:
+// Token introspection (RFC 7662) is on, for tests that look inside a token.
+//
+// Test-only additions, outside what oidc-provider ships:
 //
 //   POST /_test/revoke-all  forget every grant and token (connectortest Break)
 //   POST /_test/counts      {"refresh": n, "refresh_failed": m}: refresh_token
 //                           grants answered with tokens / with an error
+//   grant_type urn:ietf:params:oauth:grant-type:token-exchange (RFC 8693),
+//     for confidential clients: see TEST-ONLY TOKEN EXCHANGE below.
 import http from 'node:http';
 import crypto from 'node:crypto';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
 const port = Number(process.env.PORT);
 const adminKey = process.env.ADMIN_KEY;
@@ -32,7 +39,7 @@ const clients = JSON.parse(process.env.CLIENTS || '[]').map((c) => ({
   client_secret: c.client_secret || undefined,
   token_endpoint_auth_method: c.client_secret ? 'client_secret_basic' : 'none',
   redirect_uris: c.redirect_uris,
-  grant_types: ['authorization_code', 'refresh_token'],
+  grant_types: ['authorization_code', 'refresh_token', ...(c.client_secret ? [TOKEN_EXCHANGE] : [])],
   response_types: ['code'],
 }));
 
@@ -96,6 +103,11 @@ const provider = new Provider(issuer, {
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },
+    introspection: {
+      enabled: true,
+      // Confidential clients may introspect any token; public ones their own.
+      allowedPolicy: async (_ctx, client, token) => client.clientAuthMethod !== 'none' || token.clientId === client.clientId,
+    },
     revocation: { enabled: true },
     userinfo: { enabled: true },
   },
@@ -128,6 +140,60 @@ const provider = new Provider(issuer, {
     Session: 86400,
   },
 });
+
+// ---- TEST-ONLY TOKEN EXCHANGE (RFC 8693) ---------------------------------
+// oidc-provider has no token exchange grant; this one lets tests exchange an
+// access token onward (Lanyard's oauth2 token_exchange option). Policy: the
+// subject_token must be a live access token this provider issued to the
+// calling client (a confidential one) under a live grant; else invalid_grant.
+// The answer is a new access token for the same account and grant that lives
+// EXCHANGED_TTL seconds, carries the requested audience (at most one) as its
+// aud, and has the requested scope if that is a subset of the subject's
+// (invalid_scope otherwise), else the subject's. Revoking the grant revokes
+// it too. Not a model of any real provider's policy.
+const EXCHANGED_TTL = 300;
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (!params.subject_token) throw new errors.InvalidRequest('missing required parameter \'subject_token\'');
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE}`);
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`requested_token_type must be ${ACCESS_TOKEN_TYPE}`);
+  }
+  if (params.actor_token || params.actor_token_type) throw new errors.InvalidRequest('actor_token is not supported');
+  const subject = await provider.AccessToken.find(params.subject_token);
+  if (!subject || !subject.isValid || subject.clientId !== client.clientId || !subject.grantId) {
+    throw new errors.InvalidGrant('subject_token is invalid, expired, revoked or not this client\'s');
+  }
+  const grant = await provider.Grant.find(subject.grantId);
+  if (!grant || grant.clientId !== client.clientId) throw new errors.InvalidGrant('the subject_token\'s grant is gone');
+  let { scope } = subject;
+  if (params.scope) {
+    const have = subject.scopes;
+    if (!params.scope.split(' ').every((s) => have.has(s))) {
+      throw new errors.InvalidScope('the requested scope exceeds the subject_token\'s');
+    }
+    scope = params.scope;
+  }
+  const at = new provider.AccessToken({
+    accountId: subject.accountId, client, grantId: subject.grantId, scope, gty: 'token_exchange', expiresIn: EXCHANGED_TTL,
+  });
+  if (params.audience) at.setAudience(params.audience);
+  ctx.oidc.entity('AccessToken', at);
+  const value = await at.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    scope: at.scope || undefined,
+  };
+}
+provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+  'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope', 'actor_token', 'actor_token_type',
+]);
+// ---- END TEST-ONLY TOKEN EXCHANGE -----------------------------------------
 
 // Counts of refresh_token grants, for tests that a refresh happened once.
 const counts = { refresh: 0, refresh_failed: 0 };
