@@ -81,12 +81,23 @@ func AssertionSubject(raw string) (string, error) {
 // JSON of a JWK Set of public keys): a compact JWS signed with an
 // asymmetric algorithm by a key of the set (the one named by kid when the
 // header has one; a key's own alg, if set, must match); iss and sub equal
-// o.ClientID; aud contains one of o.Audiences; exp present, not past (with
-// ClockSkew) and at most MaxAssertionLifetime ahead; jti present. The
-// caller must make sure that the jti is used only once.
+// o.ClientID; typ absent, JWT or client-authentication+jwt (never at+jwt:
+// an access token is not an assertion); aud contains one of o.Audiences;
+// exp present, not past (with ClockSkew) and at most MaxAssertionLifetime
+// ahead; jti present. The caller must make sure that the jti is used only
+// once.
 func VerifyAssertion(raw string, jwks []byte, o AssertionOptions) (Assertion, error) {
 	if len(raw) > MaxTokenSize || strings.Count(raw, ".") != 2 {
 		return Assertion{}, fmt.Errorf("%w: not a compact JWS", ErrInvalidAssertion)
+	}
+	// Explicit typing (RFC 8725 §3.11): an access token (at+jwt), or any
+	// other typed JWT the client's key signed, is not an assertion.
+	msg, err := jws.Parse([]byte(raw))
+	if err != nil || len(msg.Signatures()) != 1 {
+		return Assertion{}, fmt.Errorf("%w: not a compact JWS", ErrInvalidAssertion)
+	}
+	if typ := msg.Signatures()[0].ProtectedHeaders().Type(); !assertionTyp(typ) {
+		return Assertion{}, fmt.Errorf("%w: typ is not JWT or client-authentication+jwt", ErrInvalidAssertion)
 	}
 	set, err := jwk.Parse(jwks)
 	if err != nil {
@@ -157,6 +168,19 @@ func VerifyAssertion(raw string, jwks []byte, o AssertionOptions) (Assertion, er
 		return Assertion{}, fmt.Errorf("%w: empty jti", ErrInvalidAssertion)
 	}
 	return Assertion{ClientID: o.ClientID, JTI: tok.JwtID(), ExpiresAt: tok.Expiration()}, nil
+}
+
+// assertionTyp reports whether typ, a JWS typ header, is one a client
+// assertion may carry: none, "JWT", or "client-authentication+jwt"
+// (draft-ietf-oauth-rfc7523bis), case-insensitively and with or without
+// the "application/" prefix (RFC 7515 §4.1.9).
+func assertionTyp(typ string) bool {
+	if typ == "" {
+		return true
+	}
+	t := strings.ToLower(typ)
+	t = strings.TrimPrefix(t, "application/")
+	return t == "jwt" || t == "client-authentication+jwt"
 }
 
 // ClientKey is a key pair an MCP server signs client assertions with. Its
