@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
@@ -16,6 +19,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
+	"github.com/lanyardhq/lanyard/internal/etcd"
 	"github.com/lanyardhq/lanyard/internal/metrics"
 	"github.com/lanyardhq/lanyard/internal/password"
 	"github.com/lanyardhq/lanyard/internal/server"
@@ -28,7 +32,7 @@ type app struct {
 	cfg      config.Config
 	log      *slog.Logger
 	metrics  *metrics.Metrics
-	store    *bolt.DB
+	store    broker.Store
 	secrets  broker.SecretStore
 	closeSec func()
 	srv      *server.Server
@@ -51,15 +55,70 @@ func newLogger(cfg config.Log, w interface{ Write([]byte) (int, error) }) *slog.
 }
 
 // openStore opens the metadata store named by cfg.
-func openStore(cfg config.Config, obs broker.Observer) (*bolt.DB, error) {
+func openStore(ctx context.Context, cfg config.Config, obs broker.Observer) (broker.Store, error) {
+	if cfg.Store.Backend == "etcd" {
+		opts, err := etcdOptions(cfg, obs)
+		if err != nil {
+			return nil, err
+		}
+		return etcd.Open(ctx, opts)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	return bolt.Open(cfg.Store.Bolt.Path, bolt.Options{Observer: obs})
 }
 
-// openSecrets opens the secret store named by cfg.
-func openSecrets(ctx context.Context, cfg config.Config, db *bolt.DB, obs broker.Observer, log *slog.Logger) (broker.SecretStore, func(), error) {
+// etcdOptions maps the config file's store.etcd to the store's Options,
+// reading the TLS files.
+func etcdOptions(cfg config.Config, obs broker.Observer) (etcd.Options, error) {
+	e := cfg.Store.Etcd
+	opts := etcd.Options{Endpoints: e.Endpoints, Prefix: e.Prefix, Observer: obs, DialTimeout: e.DialTimeout,
+		RequestTimeout: e.RequestTimeout, Username: e.Username, Password: e.Password.Reveal()}
+	if e.CACert == "" && e.Cert == "" && !strings.HasPrefix(firstOr(e.Endpoints, ""), "https://") {
+		return opts, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if e.CACert != "" {
+		pem, err := os.ReadFile(e.CACert)
+		if err != nil {
+			return opts, fmt.Errorf("store.etcd.ca_cert: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return opts, fmt.Errorf("store.etcd.ca_cert: %s holds no PEM certificate", e.CACert)
+		}
+	}
+	if e.Cert != "" {
+		kp, err := tls.LoadX509KeyPair(e.Cert, e.Key)
+		if err != nil {
+			return opts, fmt.Errorf("store.etcd.cert, key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	opts.TLS = tc
+	return opts, nil
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) == 0 {
+		return def
+	}
+	return s[0]
+}
+
+// storeLock is links.Options.Lock for store: etcd's lease-backed lock, or
+// nil for bolt (one process; single-flight is enough).
+func storeLock(store broker.Store) func(context.Context, string) (func(), error) {
+	if s, ok := store.(*etcd.Store); ok {
+		return s.Lock
+	}
+	return nil
+}
+
+// openSecrets opens the secret store named by cfg. The sealed store keeps
+// its ciphertexts in the bolt file, so it needs the bolt metadata store.
+func openSecrets(ctx context.Context, cfg config.Config, store broker.Store, obs broker.Observer, log *slog.Logger) (broker.SecretStore, func(), error) {
 	switch cfg.Secrets.Backend {
 	case "vault":
 		s, err := vault.New(ctx, vaultConfig(cfg, obs, log))
@@ -68,6 +127,10 @@ func openSecrets(ctx context.Context, cfg config.Config, db *bolt.DB, obs broker
 		}
 		return s, s.Close, nil
 	default:
+		db, ok := store.(*bolt.DB)
+		if !ok {
+			return nil, nil, errors.New("the sealed secret store needs store.backend: bolt")
+		}
 		s, err := sealed.Open(db, cfg.Secrets.Sealed.KeyFile, sealed.Options{Observer: obs})
 		if err != nil {
 			return nil, nil, err
@@ -86,7 +149,7 @@ func (m *Main) openApp(ctx context.Context, cfg config.Config) (_ *app, err erro
 		}
 	}()
 	obs := a.metrics.Observer()
-	if a.store, err = openStore(cfg, obs); err != nil {
+	if a.store, err = openStore(ctx, cfg, obs); err != nil {
 		return nil, err
 	}
 	if a.secrets, a.closeSec, err = openSecrets(ctx, cfg, a.store, obs, a.log); err != nil {
@@ -314,10 +377,19 @@ func (m *Main) configCmd(_ context.Context, args []string) error {
 	}
 	// The checks `serve` would only make at start-up, short of contacting
 	// anything.
+	var probs config.Problems
 	if cfg.Secrets.Backend == "vault" {
 		if err := vaultConfig(cfg, nil, nil).Validate(); err != nil {
-			return config.Problems{err.Error()}
+			probs = append(probs, err.Error())
 		}
+	}
+	if cfg.Store.Backend == "etcd" {
+		if _, err := etcdOptions(cfg, nil); err != nil {
+			probs = append(probs, err.Error())
+		}
+	}
+	if len(probs) > 0 {
+		return probs
 	}
 	fmt.Fprintln(m.Stdout, "configuration is valid")
 	return nil

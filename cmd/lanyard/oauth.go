@@ -61,7 +61,8 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 	if cfg.OAuth.Registration.Enabled {
 		registrar = clientreg.NewRegistrar(clientreg.RegistrarOptions{
 			Clients: a.store.Clients(), DevLoopback: cfg.Dev, Logger: a.log,
-			Rate: rate.Limit(float64(cfg.OAuth.Registration.RatePerMinute) / 60),
+			Rate:     rate.Limit(float64(cfg.OAuth.Registration.RatePerMinute) / 60),
+			Counters: a.store.Counters(), // shared by every replica
 		})
 	}
 	var ui *web.UI
@@ -90,7 +91,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		return fmt.Errorf("link key: %w", err)
 	}
 	linkSvc, err := links.New(links.Options{Store: a.store, Secrets: a.secrets, Connectors: conns, Key: linkKey,
-		CallbackURL: a.url + web.PathCallback, CredentialCacheTTL: m.credCacheTTL, Logger: a.log})
+		CallbackURL: a.url + web.PathCallback, CredentialCacheTTL: m.credCacheTTL, Lock: storeLock(a.store), Logger: a.log})
 	if err != nil {
 		return err
 	}
@@ -253,7 +254,7 @@ func (m *Main) keysCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := openStore(cfg, nil)
+	db, err := openStore(ctx, cfg, nil)
 	if err != nil {
 		return err
 	}

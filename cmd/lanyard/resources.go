@@ -17,7 +17,6 @@ import (
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 	"github.com/lanyardhq/lanyard/internal/audit"
-	"github.com/lanyardhq/lanyard/internal/bolt"
 )
 
 // subcommand is one admin subcommand working on the metadata store.
@@ -25,7 +24,7 @@ type subcommand struct {
 	args, summary string
 	nargs         int
 	flags         func(fs *flag.FlagSet) // extra flags
-	run           func(ctx context.Context, db *bolt.DB, fs *flag.FlagSet) error
+	run           func(ctx context.Context, db broker.Store, fs *flag.FlagSet) error
 }
 
 // runSubcommand dispatches args[0] among subs (listed in order), with
@@ -57,7 +56,7 @@ func (m *Main) runSubcommand(ctx context.Context, group string, order []string, 
 	if fs.NArg() != sub.nargs {
 		return usagef("%s %s: want %d argument(s), got %d", group, args[0], sub.nargs, fs.NArg())
 	}
-	return m.withStore(&af, func(db *bolt.DB) error { return sub.run(ctx, db, fs) })
+	return m.withStore(&af, func(db broker.Store) error { return sub.run(ctx, db, fs) })
 }
 
 // resources manages registered MCP servers. Those defined in the config
@@ -84,7 +83,7 @@ func (m *Main) resources(ctx context.Context, args []string) error {
 				fs.StringVar(&jwksURL, "jwks-url", "", "authenticate with private_key_jwt against this JWKS URL (no secret)")
 				fs.StringVar(&jwksFile, "jwks-file", "", "authenticate with private_key_jwt against this JWKS file (no secret)")
 			},
-			func(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) error {
+			func(ctx context.Context, db broker.Store, _ *flag.FlagSet) error {
 				return m.resourceAdd(ctx, db, broker.Resource{ID: id, URI: uri, Name: name, Scopes: list(scopes),
 					DefaultScopes: list(defScopes), Connectors: list(conns), JWKSURL: jwksURL,
 					Policy: broker.ToolPolicy{DefaultAllow: defaultAllow, Tools: tools}}, jwksFile)
@@ -147,7 +146,7 @@ func policySummary(p broker.ToolPolicy) string {
 	return fmt.Sprintf("default %s; rules: %s", def, strings.Join(names, ","))
 }
 
-func (m *Main) resourceList(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) error {
+func (m *Main) resourceList(ctx context.Context, db broker.Store, _ *flag.FlagSet) error {
 	all, err := broker.ListAll(ctx, db.Resources(), broker.Query{})
 	if err != nil {
 		return err
@@ -167,7 +166,7 @@ func (m *Main) resourceList(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) e
 	return tw.Flush()
 }
 
-func (m *Main) resourceAdd(ctx context.Context, db *bolt.DB, r broker.Resource, jwksFile string) error {
+func (m *Main) resourceAdd(ctx context.Context, db broker.Store, r broker.Resource, jwksFile string) error {
 	var problems []string
 	if r.ID == "" {
 		problems = append(problems, "--id is required")
@@ -220,7 +219,7 @@ func (m *Main) resourceAdd(ctx context.Context, db *bolt.DB, r broker.Resource, 
 }
 
 // cliResource loads a resource the CLI may change.
-func cliResource(ctx context.Context, db *bolt.DB, verb, id string) (broker.Resource, error) {
+func cliResource(ctx context.Context, db broker.Store, verb, id string) (broker.Resource, error) {
 	r, err := db.Resources().Get(ctx, id)
 	if errors.Is(err, broker.ErrNotFound) {
 		return r, usagef("resources %s: no MCP server %q", verb, id)
@@ -231,7 +230,7 @@ func cliResource(ctx context.Context, db *bolt.DB, verb, id string) (broker.Reso
 	return r, err
 }
 
-func (m *Main) resourceRotate(ctx context.Context, db *bolt.DB, fs *flag.FlagSet) error {
+func (m *Main) resourceRotate(ctx context.Context, db broker.Store, fs *flag.FlagSet) error {
 	r, err := cliResource(ctx, db, "rotate-secret", fs.Arg(0))
 	if err != nil {
 		return err
@@ -250,7 +249,7 @@ func (m *Main) resourceRotate(ctx context.Context, db *bolt.DB, fs *flag.FlagSet
 	return nil
 }
 
-func (m *Main) resourceDelete(ctx context.Context, db *bolt.DB, fs *flag.FlagSet) error {
+func (m *Main) resourceDelete(ctx context.Context, db broker.Store, fs *flag.FlagSet) error {
 	r, err := cliResource(ctx, db, "delete", fs.Arg(0))
 	if err != nil {
 		return err
@@ -268,13 +267,13 @@ func (m *Main) grants(ctx context.Context, args []string) error {
 	subs := map[string]subcommand{
 		"list": {"[--user NAME]", "lists grants (agent, MCP server, scopes, linked accounts, status)", 0,
 			func(fs *flag.FlagSet) { fs.StringVar(&user, "user", "", "only this user's grants") },
-			func(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) error { return m.grantList(ctx, db, user) }},
+			func(ctx context.Context, db broker.Store, _ *flag.FlagSet) error { return m.grantList(ctx, db, user) }},
 		"revoke": {"ID", "revokes a grant: every token issued under it stops working", 1, nil, m.grantRevoke},
 	}
 	return m.runSubcommand(ctx, "grants", []string{"list", "revoke"}, subs, args)
 }
 
-func (m *Main) grantList(ctx context.Context, db *bolt.DB, user string) error {
+func (m *Main) grantList(ctx context.Context, db broker.Store, user string) error {
 	q := broker.Query{}
 	names := map[string]string{}
 	if user != "" {
@@ -314,7 +313,7 @@ func (m *Main) grantList(ctx context.Context, db *bolt.DB, user string) error {
 
 // grantRevoke revokes a grant and records it in the audit chain (like a
 // revocation on the Agents page).
-func (m *Main) grantRevoke(ctx context.Context, db *bolt.DB, fs *flag.FlagSet) error {
+func (m *Main) grantRevoke(ctx context.Context, db broker.Store, fs *flag.FlagSet) error {
 	const reason = "revoked by an administrator (lanyard grants revoke)"
 	now, was := time.Now(), false
 	g, err := db.Grants().Update(ctx, fs.Arg(0), func(g broker.Grant) (broker.Grant, error) {
@@ -346,7 +345,7 @@ func (m *Main) auditCmd(ctx context.Context, args []string) error {
 	var after uint64
 	subs := map[string]subcommand{
 		"verify": {"", "checks the hash chain; exits 1 at the first changed, removed or reordered record", 0, nil,
-			func(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) error {
+			func(ctx context.Context, db broker.Store, _ *flag.FlagSet) error {
 				n, head, err := audit.Verify(ctx, db.Audit())
 				if err != nil {
 					return err
@@ -358,7 +357,7 @@ func (m *Main) auditCmd(ctx context.Context, args []string) error {
 			func(fs *flag.FlagSet) {
 				fs.Uint64Var(&after, "after", 0, "only records with a sequence number above this")
 			},
-			func(ctx context.Context, db *bolt.DB, _ *flag.FlagSet) error {
+			func(ctx context.Context, db broker.Store, _ *flag.FlagSet) error {
 				_, err := audit.Export(ctx, db.Audit(), after, m.Stdout)
 				return err
 			}},

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
-	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
 )
@@ -38,12 +37,12 @@ func (f *adminFlags) load(m *Main) (config.Config, error) {
 }
 
 // withStore opens the metadata store for one admin command.
-func (m *Main) withStore(f *adminFlags, fn func(*bolt.DB) error) error {
+func (m *Main) withStore(f *adminFlags, fn func(broker.Store) error) error {
 	cfg, err := f.load(m)
 	if err != nil {
 		return err
 	}
-	db, err := openStore(cfg, nil)
+	db, err := openStore(context.Background(), cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -54,7 +53,7 @@ func (m *Main) withStore(f *adminFlags, fn func(*bolt.DB) error) error {
 func (m *Main) users(ctx context.Context, args []string) error {
 	subs := map[string]struct {
 		args, summary string
-		run           func(ctx context.Context, db *bolt.DB, fs *flag.FlagSet, admin bool) error
+		run           func(ctx context.Context, db broker.Store, fs *flag.FlagSet, admin bool) error
 	}{
 		"add":          {"[--admin] NAME", "adds a user; the password is read from the first line of standard input", m.userAdd},
 		"list":         {"", "lists users", m.userList},
@@ -97,7 +96,7 @@ func (m *Main) users(ctx context.Context, args []string) error {
 			return usagef("%v", err)
 		}
 	}
-	return m.withStore(&af, func(db *bolt.DB) error { return sub.run(ctx, db, fs, admin) })
+	return m.withStore(&af, func(db broker.Store) error { return sub.run(ctx, db, fs, admin) })
 }
 
 // readPassword reads and hashes the first line of standard input.
@@ -113,7 +112,7 @@ func (m *Main) readPassword() (string, error) {
 	return hash, err
 }
 
-func (m *Main) userAdd(ctx context.Context, db *bolt.DB, fs *flag.FlagSet, admin bool) error {
+func (m *Main) userAdd(ctx context.Context, db broker.Store, fs *flag.FlagSet, admin bool) error {
 	hash, err := m.readPassword()
 	if err != nil {
 		return err
@@ -130,7 +129,7 @@ func (m *Main) userAdd(ctx context.Context, db *bolt.DB, fs *flag.FlagSet, admin
 	return nil
 }
 
-func (m *Main) userList(ctx context.Context, db *bolt.DB, _ *flag.FlagSet, _ bool) error {
+func (m *Main) userList(ctx context.Context, db broker.Store, _ *flag.FlagSet, _ bool) error {
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "USERNAME\tID\tADMIN\tDISABLED\tCREATED")
 	q := broker.Query{}
@@ -149,7 +148,7 @@ func (m *Main) userList(ctx context.Context, db *bolt.DB, _ *flag.FlagSet, _ boo
 	}
 }
 
-func (m *Main) lookupUser(ctx context.Context, db *bolt.DB, name string) (broker.User, error) {
+func (m *Main) lookupUser(ctx context.Context, db broker.Store, name string) (broker.User, error) {
 	u, err := db.Users().GetBy(ctx, broker.IndexUsername, name)
 	if errors.Is(err, broker.ErrNotFound) {
 		return u, usagef("no user %q", name)
@@ -157,7 +156,7 @@ func (m *Main) lookupUser(ctx context.Context, db *bolt.DB, name string) (broker
 	return u, err
 }
 
-func (m *Main) userSetPassword(ctx context.Context, db *bolt.DB, fs *flag.FlagSet, _ bool) error {
+func (m *Main) userSetPassword(ctx context.Context, db broker.Store, fs *flag.FlagSet, _ bool) error {
 	u, err := m.lookupUser(ctx, db, fs.Arg(0))
 	if err != nil {
 		return err
@@ -176,7 +175,7 @@ func (m *Main) userSetPassword(ctx context.Context, db *bolt.DB, fs *flag.FlagSe
 	return nil
 }
 
-func (m *Main) userDelete(ctx context.Context, db *bolt.DB, fs *flag.FlagSet, _ bool) error {
+func (m *Main) userDelete(ctx context.Context, db broker.Store, fs *flag.FlagSet, _ bool) error {
 	u, err := m.lookupUser(ctx, db, fs.Arg(0))
 	if err != nil {
 		return err
