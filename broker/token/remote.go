@@ -26,6 +26,9 @@ const (
 	DefaultMinRefetch = time.Minute
 	// DefaultJWKSMaxAge is RemoteOptions.MaxAge when it is zero.
 	DefaultJWKSMaxAge = 10 * time.Minute
+	// DefaultJWKSMaxStale is RemoteOptions.MaxStale when it is zero (or
+	// MaxAge, if that is longer).
+	DefaultJWKSMaxStale = 24 * time.Hour
 	// MaxJWKSSize is the largest JWKS document a RemoteVerifier reads.
 	MaxJWKSSize = 1 << 20
 	// remoteFetchTimeout bounds one JWKS fetch when the HTTP client has no
@@ -52,6 +55,13 @@ type RemoteOptions struct {
 	// being trusted. A failed refetch keeps the old set (and is retried
 	// after MinRefetch). Default DefaultJWKSMaxAge.
 	MaxAge time.Duration
+	// MaxStale is how long after its last successful fetch a JWKS may
+	// still be used while refetches fail: past it, Verify fails with
+	// broker.ErrUnavailable rather than trust keys the issuer may long
+	// have withdrawn (a key it revoked after a compromise, say). Default
+	// DefaultJWKSMaxStale, or MaxAge if that is longer; it may not be
+	// shorter than MaxAge.
+	MaxStale time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -65,6 +75,9 @@ func (o RemoteOptions) withDefaults() RemoteOptions {
 	}
 	if o.MaxAge == 0 {
 		o.MaxAge = DefaultJWKSMaxAge
+	}
+	if o.MaxStale == 0 {
+		o.MaxStale = max(DefaultJWKSMaxStale, o.MaxAge)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -85,6 +98,11 @@ func (o RemoteOptions) validate() error {
 	}
 	if o.MaxAge < 0 {
 		errs = append(errs, errors.New("max age is negative"))
+	}
+	if o.MaxStale < 0 {
+		errs = append(errs, errors.New("max stale is negative"))
+	} else if o.MaxStale < o.MaxAge {
+		errs = append(errs, errors.New("max stale is shorter than max age"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("token remote verifier options: %w: %w", broker.ErrInvalid, err)
@@ -156,7 +174,8 @@ func (v *RemoteVerifier) Refresh(ctx context.Context) error {
 // that key's algorithm, iss, exp and iat with ClockSkew, the required
 // claims) and returns its claims; it does not check the audience. A token
 // that fails these checks gets an error wrapping ErrInvalidToken. When the
-// JWKS cannot be fetched and no cached key could decide, the error wraps
+// JWKS cannot be fetched and no cached key could decide, or the cached set
+// was last fetched more than MaxStale ago, the error wraps
 // broker.ErrUnavailable instead.
 func (v *RemoteVerifier) Verify(ctx context.Context, raw string) (Claims, error) {
 	now := v.opts.Now()
@@ -170,6 +189,15 @@ func (v *RemoteVerifier) Verify(ctx context.Context, raw string) (Claims, error)
 				err = fmt.Errorf("token: no JWKS from %s yet: %w", v.opts.JWKSURL, broker.ErrUnavailable)
 			}
 			return Claims{}, err
+		}
+		if age := now.Sub(st.fetched); age >= v.opts.MaxStale {
+			// Refetches keep failing: past MaxStale the old keys are no
+			// longer trusted.
+			if err == nil || errors.Is(err, errRateLimited) {
+				err = broker.ErrUnavailable
+			}
+			return Claims{}, fmt.Errorf("token: the JWKS from %s was last fetched %s ago, more than %s: %w",
+				v.opts.JWKSURL, age.Truncate(time.Second), v.opts.MaxStale, err)
 		}
 	}
 	c, missing, err := v.verifyWith(st, raw, now)
