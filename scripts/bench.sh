@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `make bench`: builds lanyard, starts a real Vault dev server on a free
+# loopback port (as scripts/test.sh does) and runs `lanyard bench` twice,
+# with the credential cache and without it, each with its own Vault-direct
+# baseline and ceiling; then the Go benchmarks of the hot path's pieces.
+# Output goes to bench-out/ (report JSON, table, the server's CPU profile of
+# the redeem run and its pprof top). Not part of `make test`.
+#
+# Size with BENCH_USERS (default 200), BENCH_DURATION (3s per scenario),
+# BENCH_CONCURRENCY (64); BENCH_ARGS is passed on to `lanyard bench`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LANYARD_VAULT_BIN="$(bash scripts/build-vault.sh)"
+OUT="${BENCH_OUT:-bench-out}"
+mkdir -p "$OUT"
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/lanyard-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$RUN_DIR"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 12000))
+    if port_free "$p"; then echo "$p"; return; fi
+  done
+  echo "no free port found" >&2; return 1
+}
+wait_http() { # url seconds pid
+  for _ in $(seq $(($2 * 10))); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+port="$(free_port)"
+token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+HOME="$RUN_DIR" GODEBUG=x509negativeserial=1 "$LANYARD_VAULT_BIN" server -dev -dev-listen-address="127.0.0.1:$port" \
+  -dev-root-token-id="$token" >"$RUN_DIR/vault.log" 2>&1 &
+VAULT_PID=$!
+PIDS+=("$VAULT_PID")
+wait_http "http://127.0.0.1:$port/v1/sys/health" 30 "$VAULT_PID" || { tail -20 "$RUN_DIR/vault.log" >&2; exit 1; }
+export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$token"
+echo "bench: vault dev server on $VAULT_ADDR (pid $VAULT_PID)" >&2
+
+go build -trimpath -o "$RUN_DIR/lanyard" ./cmd/lanyard
+ARGS=(--users "${BENCH_USERS:-200}" --duration "${BENCH_DURATION:-3s}" --concurrency "${BENCH_CONCURRENCY:-64}"
+  --vault-pid "$VAULT_PID")
+# shellcheck disable=SC2206
+EXTRA=(${BENCH_ARGS:-})
+
+"$RUN_DIR/lanyard" bench "${ARGS[@]}" "${EXTRA[@]}" --json "$OUT/cached.json" --cpuprofile "$OUT/redeem.pprof" | tee "$OUT/cached.txt"
+"$RUN_DIR/lanyard" bench "${ARGS[@]}" "${EXTRA[@]}" --credential-cache-ttl=-1s --only ceiling,vault,redeem,exchange \
+  --json "$OUT/uncached.json" | tee "$OUT/uncached.txt"
+go tool pprof -top -nodecount=25 "$RUN_DIR/lanyard" "$OUT/redeem.pprof" >"$OUT/redeem-top.txt" 2>/dev/null || true
+go tool pprof -top -cum -nodecount=40 "$RUN_DIR/lanyard" "$OUT/redeem.pprof" >"$OUT/redeem-top-cum.txt" 2>/dev/null || true
+
+echo "bench: go test -bench (hot path pieces)" >&2
+go test -run '^$' -bench 'CheckPolicy|AuthenticateResource|VerifyAccessToken|GrantLookup|Credential|Redeem' -benchtime 300ms ./broker/redeem/ | tee "$OUT/go-bench.txt"
+go test -run '^$' -bench '^Benchmark(Sign|Verify)$' -benchtime 300ms ./broker/token/ | tee -a "$OUT/go-bench.txt"
+go test -run '^$' -bench 'AuditAppend' -benchtime 300ms ./internal/bolt/ | tee -a "$OUT/go-bench.txt"
+echo "bench: results in $OUT/" >&2
