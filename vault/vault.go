@@ -749,7 +749,7 @@ func (s *Store) List(ctx context.Context, owner string) ([]broker.SecretKey, err
 // or sealed Vault, or a store still waiting for its AppRole login, is
 // unavailable.
 func (s *Store) Ping(ctx context.Context) error {
-	return s.call(ctx, "ping", "", func(ctx context.Context, _ string) error {
+	err := s.call(ctx, "ping", "", func(ctx context.Context, _ string) error {
 		// sys/health needs no token. The library asks for a 2xx answer in
 		// every state, with the JSON.
 		h, err := read(ctx, func(ctx context.Context) (*api.HealthResponse, error) {
@@ -764,5 +764,20 @@ func (s *Store) Ping(ctx context.Context) error {
 			return &api.ResponseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault is sealed"}}
 		}
 		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// A Vault that is up but refuses Lanyard's token (a revoked token, an
+	// AppRole whose secret id stopped working) is not ready either. The
+	// token may always look itself up (Vault's default policy).
+	return s.call(ctx, "ping", "", func(ctx context.Context, token string) error {
+		_, err := read(ctx, func(ctx context.Context) (*api.Secret, error) {
+			return s.as(token).Auth().Token().LookupSelfWithContext(ctx)
+		})
+		if statusOf(err) == http.StatusForbidden {
+			return &api.ResponseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault refuses Lanyard's token"}}
+		}
+		return err
 	})
 }

@@ -550,3 +550,32 @@ func TestWrittenByOthers(t *testing.T) {
 		t.Errorf("the refusal reveals a value: %v", err)
 	}
 }
+
+// TestPingNoticesARevokedToken: /readyz must not report ready while Vault
+// is up but refuses Lanyard's token.
+func TestPingNoticesARevokedToken(t *testing.T) {
+	addr, root := testenv.Vault(t)
+	admin, err := api.NewClient(&api.Config{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin.SetToken(root)
+	sec, err := admin.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{"default"}, TTL: "10m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := vault.New(t.Context(), vault.Config{Address: addr, Token: broker.SecretString(sec.Auth.ClientToken), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping with a valid token: %v", err)
+	}
+	if err := admin.Auth().Token().RevokeTree(sec.Auth.ClientToken); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(t.Context()); !errors.Is(err, broker.ErrUnavailable) {
+		t.Errorf("Ping with a revoked token = %v, want ErrUnavailable", err)
+	}
+}
