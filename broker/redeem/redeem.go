@@ -175,7 +175,6 @@ func (s *Service) redeem(w http.ResponseWriter, r *http.Request) {
 		s.deny(ctx, w, r, ev, f)
 		return
 	}
-	ev.Tool, ev.Connector = req.Tool, req.Connector
 	p := oauth.Params{}
 	if req.ClientAssertionType != "" || req.ClientAssertion != "" {
 		p["client_assertion_type"], p["client_assertion"] = req.ClientAssertionType, req.ClientAssertion
@@ -185,7 +184,9 @@ func (s *Service) redeem(w http.ResponseWriter, r *http.Request) {
 		s.deny(ctx, w, r, ev, &failure{err: oauth.As(err), detail: claimed(r, p)})
 		return
 	}
-	ev.Resource = res.URI
+	// Caller-chosen text enters the audit record only once the caller is
+	// known.
+	ev.Resource, ev.Tool, ev.Connector = res.URI, req.Tool, req.Connector
 	switch {
 	case req.Token == "":
 		f = fail(oauth.ErrInvalidRequest, "token is required")
@@ -459,7 +460,10 @@ func (s *Service) granted(ctx context.Context, w http.ResponseWriter, r *http.Re
 }
 
 // deny audits and writes a refusal. If the audit record cannot be written
-// the refusal still goes out (nothing is handed out either way).
+// the refusal still goes out (nothing is handed out either way). A caller
+// that has not authenticated as an MCP server (ev.Resource empty) is
+// refused and logged but not put in the audit chain: anyone can send such
+// requests, and each would otherwise be a durable, fsynced record.
 func (s *Service) deny(ctx context.Context, w http.ResponseWriter, r *http.Request, ev broker.AuditEvent, f *failure) {
 	ev.Outcome, ev.RequestID = broker.OutcomeDenied, httpx.RequestID(ctx)
 	if f.err.Status >= 500 {
@@ -472,8 +476,10 @@ func (s *Service) deny(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if f.detail != "" {
 		ev.Reason += " (" + f.detail + ")"
 	}
-	if _, err := s.o.Store.Audit().Append(ctx, ev); err != nil {
-		s.o.Logger.ErrorContext(ctx, "redeem: audit append of a denial failed", "reason", ev.Reason, "err", err)
+	if ev.Resource != "" {
+		if _, err := s.o.Store.Audit().Append(ctx, ev); err != nil {
+			s.o.Logger.ErrorContext(ctx, "redeem: audit append of a denial failed", "reason", ev.Reason, "err", err)
+		}
 	}
 	lvl := slog.LevelInfo
 	if f.err.Status >= 500 {
