@@ -225,6 +225,45 @@ func (k *ClientKey) PublicJWKS() ([]byte, error) {
 	return json.Marshal(set)
 }
 
+// PublicJWKSet parses raw as a JWK Set an MCP server registers for
+// private_key_jwt and returns the JSON of a set with only the public half
+// of each key (kid, alg and use kept): a private key given by mistake is
+// never stored. It refuses a set that does not parse, has no key, or has a
+// symmetric (oct) key, which would be a shared secret, or a key of a kind
+// no assertion algorithm uses.
+func PublicJWKSet(raw []byte) ([]byte, error) {
+	set, err := jwk.Parse(raw)
+	if err != nil {
+		return nil, errors.New("not a JWK Set")
+	}
+	if set.Len() == 0 {
+		return nil, errors.New("the JWK Set has no key")
+	}
+	out := jwk.NewSet()
+	for i := range set.Len() {
+		k, _ := set.Key(i)
+		switch k.KeyType() {
+		case jwa.EC, jwa.RSA, jwa.OKP:
+		case jwa.OctetSeq:
+			return nil, fmt.Errorf("key %d is symmetric (kty oct): register public keys only", i)
+		default:
+			return nil, fmt.Errorf("key %d has an unsupported kty %q", i, k.KeyType())
+		}
+		pub, err := jwk.PublicKeyOf(k)
+		if err != nil {
+			return nil, fmt.Errorf("key %d: no public key: %w", i, err)
+		}
+		var rawPub any
+		if err := pub.Raw(&rawPub); err != nil {
+			return nil, fmt.Errorf("key %d is malformed", i)
+		}
+		if err := out.AddKey(pub); err != nil {
+			return nil, fmt.Errorf("key %d: %w", i, err)
+		}
+	}
+	return json.Marshal(out)
+}
+
 // AssertionClaims are the claims of an assertion to sign. Zero IssuedAt
 // means now; zero ExpiresAt means IssuedAt + 1 minute; empty JTI means a
 // random one.

@@ -2,8 +2,10 @@ package token_test
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -83,4 +85,79 @@ func TestAssertionTyp(t *testing.T) {
 	if _, err := token.VerifyAssertion(a, kjwks, opts); err != nil {
 		t.Errorf("SignAssertion's assertion: %v", err)
 	}
+}
+
+// TestPublicJWKSet: what the CLI stores of a --jwks-file is the public half
+// of each key; symmetric keys and empty or malformed sets are refused.
+func TestPublicJWKSet(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecJWK, _ := jwk.FromRaw(ec)
+	_ = ecJWK.Set(jwk.KeyIDKey, "ec-1")
+	_ = ecJWK.Set(jwk.AlgorithmKey, jwa.ES256)
+	_ = ecJWK.Set(jwk.KeyUsageKey, "sig")
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaJWK, _ := jwk.FromRaw(rsaKey)
+	_ = rsaJWK.Set(jwk.KeyIDKey, "rsa-1")
+	_, edPriv, _ := ed25519.GenerateKey(rand.Reader)
+	edJWK, _ := jwk.FromRaw(edPriv)
+	_ = edJWK.Set(jwk.KeyIDKey, "ed-1")
+	set := jwk.NewSet()
+	for _, k := range []jwk.Key{ecJWK, rsaJWK, edJWK} {
+		_ = set.AddKey(k)
+	}
+	raw, _ := json.Marshal(set)
+	if !strings.Contains(string(raw), `"d":`) {
+		t.Fatal("the test set has no private key")
+	}
+
+	pub, err := token.PublicJWKSet(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct{ Keys []map[string]any }
+	if err := json.Unmarshal(pub, &doc); err != nil || len(doc.Keys) != 3 {
+		t.Fatalf("PublicJWKSet = %s, %v", pub, err)
+	}
+	for _, k := range doc.Keys {
+		for _, private := range []string{"d", "p", "q", "dp", "dq", "qi", "k"} {
+			if _, ok := k[private]; ok {
+				t.Errorf("key %v kept the private parameter %q", k["kid"], private)
+			}
+		}
+	}
+	if doc.Keys[0]["kid"] != "ec-1" || doc.Keys[0]["alg"] != "ES256" || doc.Keys[0]["use"] != "sig" {
+		t.Errorf("kid, alg or use lost: %v", doc.Keys[0])
+	}
+	// An assertion signed with the private key verifies against what is kept.
+	now := time.Now()
+	a := forge(t, jwa.ES256, ec, map[string]any{"kid": "ec-1"}, map[string]any{"iss": "m", "sub": "m", "aud": "a",
+		"jti": "j", "exp": now.Add(time.Minute).Unix()})
+	if _, err := token.VerifyAssertion(a, pub, token.AssertionOptions{ClientID: "m", Audiences: []string{"a"}, Now: now}); err != nil {
+		t.Errorf("assertion against the public set: %v", err)
+	}
+
+	for name, bad := range map[string]string{
+		"symmetric":   `{"keys":[{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQ","kid":"h"}]}`,
+		"mixed":       `{"keys":[` + string(must(json.Marshal(ecJWK))) + `,{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}`,
+		"empty":       `{"keys":[]}`,
+		"not JSON":    `-----BEGIN PRIVATE KEY-----`,
+		"unknown kty": `{"keys":[{"kty":"XYZ","kid":"x"}]}`,
+	} {
+		if out, err := token.PublicJWKSet([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted as %s", name, out)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

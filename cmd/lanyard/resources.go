@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -16,7 +17,9 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/authserver"
 	"github.com/lanyardhq/lanyard/broker/oauth"
+	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/audit"
+	"github.com/lanyardhq/lanyard/internal/safehttp"
 )
 
 // subcommand is one admin subcommand working on the metadata store.
@@ -83,10 +86,14 @@ func (m *Main) resources(ctx context.Context, args []string) error {
 				fs.StringVar(&jwksURL, "jwks-url", "", "authenticate with private_key_jwt against this JWKS URL (no secret)")
 				fs.StringVar(&jwksFile, "jwks-file", "", "authenticate with private_key_jwt against this JWKS file (no secret)")
 			},
-			func(ctx context.Context, db broker.Store, _ *flag.FlagSet) error {
+			func(ctx context.Context, db broker.Store, fs *flag.FlagSet) error {
+				dev, err := m.adminDev(fs)
+				if err != nil {
+					return err
+				}
 				return m.resourceAdd(ctx, db, broker.Resource{ID: id, URI: uri, Name: name, Scopes: list(scopes),
 					DefaultScopes: list(defScopes), Connectors: list(conns), JWKSURL: jwksURL,
-					Policy: broker.ToolPolicy{DefaultAllow: defaultAllow, Tools: tools}}, jwksFile)
+					Policy: broker.ToolPolicy{DefaultAllow: defaultAllow, Tools: tools}}, jwksFile, dev)
 			}},
 		"rotate-secret": {"ID", "replaces an MCP server's secret; prints the new one once", 1, nil, m.resourceRotate},
 		"delete":        {"ID", "deletes an MCP server registered with this command", 1, nil, m.resourceDelete},
@@ -166,26 +173,75 @@ func (m *Main) resourceList(ctx context.Context, db broker.Store, _ *flag.FlagSe
 	return tw.Flush()
 }
 
-func (m *Main) resourceAdd(ctx context.Context, db broker.Store, r broker.Resource, jwksFile string) error {
+// adminDev reports whether an admin command manages a development
+// instance, where plain-http loopback URIs are allowed: with --data (the
+// data directory of `lanyard dev`) it does; with --config, the loaded
+// configuration's Dev flag says.
+func (m *Main) adminDev(fs *flag.FlagSet) (bool, error) {
+	af := adminFlags{config: fs.Lookup("config").Value.String(), data: fs.Lookup("data").Value.String()}
+	if af.config == "" {
+		return true, nil
+	}
+	cfg, err := af.load(m)
+	if err != nil {
+		return false, err
+	}
+	return cfg.Dev, nil
+}
+
+// resourceAdd registers r after the checks the configuration file's
+// resources get: URIs https (plain http to loopback hosts only in dev),
+// unique tool rules whose connectors are the server's; a --jwks-file is
+// stored as the public keys it holds, never a private or symmetric key.
+func (m *Main) resourceAdd(ctx context.Context, db broker.Store, r broker.Resource, jwksFile string, dev bool) error {
 	var problems []string
 	if r.ID == "" {
 		problems = append(problems, "--id is required")
 	}
-	canon, err := oauth.CanonicalResource(r.URI, true)
+	canon, err := oauth.CanonicalResource(r.URI, dev)
 	if err != nil {
-		problems = append(problems, "--uri must be an absolute https URI without fragment (http only to loopback)")
+		if dev {
+			problems = append(problems, "--uri must be an absolute https URI without fragment (http only to loopback)")
+		} else {
+			problems = append(problems, "--uri must be an absolute https URI without fragment")
+		}
 	}
 	r.URI = canon
 	if r.JWKSURL != "" && jwksFile != "" {
 		problems = append(problems, "use --jwks-url or --jwks-file, not both")
+	}
+	if r.JWKSURL != "" {
+		u, err := url.Parse(r.JWKSURL)
+		if err != nil || safehttp.CheckURL(u, dev) != nil || u.Fragment != "" {
+			if dev {
+				problems = append(problems, "--jwks-url must be an absolute https URL without user info or fragment (http only to loopback)")
+			} else {
+				problems = append(problems, "--jwks-url must be an absolute https URL without user info or fragment")
+			}
+		}
 	}
 	for _, d := range r.DefaultScopes {
 		if !slices.Contains(r.Scopes, d) {
 			problems = append(problems, fmt.Sprintf("default scope %q is not in --scopes", d))
 		}
 	}
+	seen := map[string]bool{}
+	for _, t := range r.Policy.Tools {
+		if seen[t.Name] {
+			problems = append(problems, fmt.Sprintf("--tool %q is given twice", t.Name))
+		}
+		seen[t.Name] = true
+		for _, c := range t.Connectors {
+			if !slices.Contains(r.Connectors, c) {
+				problems = append(problems, fmt.Sprintf("--tool %q: connector %q is not in --connectors", t.Name, c))
+			}
+		}
+	}
 	if jwksFile != "" {
 		b, err := os.ReadFile(jwksFile)
+		if err == nil {
+			b, err = token.PublicJWKSet(b)
+		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("--jwks-file: %v", err))
 		}

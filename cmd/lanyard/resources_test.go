@@ -2,9 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +184,116 @@ func TestGrantsAndAuditCommands(t *testing.T) {
 	}
 	if _, out, _ := run(t, nil, "", "audit", "export", "--data", dir, "--after", "1000"); out != "" {
 		t.Errorf("export after the last record = %q", out)
+	}
+}
+
+// TestResourcesAddChecks: `resources add` checks what the config file's
+// resources are checked for: plain-http loopback URIs only for a dev
+// instance (--data; with --config, the configuration's Dev flag, which a
+// served configuration does not have), unique tool rules with the server's
+// connectors, and a --jwks-file stored as public keys only.
+func TestResourcesAddChecks(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "lanyard.yaml")
+	if err := os.WriteFile(cfgPath, []byte("issuer: https://l.example\nlisten: 127.0.0.1:0\ndata_dir: "+filepath.Join(dir, "served")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := []string{"--data", filepath.Join(dir, "dev")}
+	served := []string{"--config", cfgPath}
+	add := func(where []string, args ...string) (int, string) {
+		t.Helper()
+		code, out, stderr := run(t, nil, "", append(append([]string{"resources", "add"}, where...), args...)...)
+		return code, out + stderr
+	}
+	n := 0
+	id := func() string { n++; return fmt.Sprintf("r%d", n) }
+	uri := func() string { return fmt.Sprintf("https://m%d.example.com/mcp", n) }
+
+	for _, tc := range []struct {
+		name  string
+		where []string
+		args  []string
+		ok    bool
+		why   string
+	}{
+		{"dev: loopback http URI", dev, []string{"--uri", "http://127.0.0.1:8090/mcp"}, true, ""},
+		{"dev: non-loopback http URI", dev, []string{"--uri", "http://evil.example/mcp"}, false, "--uri"},
+		{"served: loopback http URI", served, []string{"--uri", "http://127.0.0.1:8091/mcp"}, false, "--uri"},
+		{"served: https URI", served, []string{"--uri", "https://served.example.com/mcp"}, true, ""},
+		{"dev: loopback http JWKS URL", dev, []string{"--jwks-url", "http://127.0.0.1:9/jwks.json"}, true, ""},
+		{"dev: non-loopback http JWKS URL", dev, []string{"--jwks-url", "http://keys.example/jwks.json"}, false, "--jwks-url"},
+		{"served: loopback http JWKS URL", served, []string{"--jwks-url", "http://127.0.0.1:9/jwks.json"}, false, "--jwks-url"},
+		{"JWKS URL with user info", dev, []string{"--jwks-url", "https://u:p@keys.example/jwks.json"}, false, "--jwks-url"},
+		{"duplicate tool rule", dev, []string{"--connectors", "imap", "--tool", "search::imap", "--tool", "search"}, false, `"search" is given twice`},
+		{"tool connector not the server's", dev, []string{"--connectors", "imap", "--tool", "search::github"}, false, `connector "github" is not in --connectors`},
+		{"tool rules fine", dev, []string{"--connectors", "imap,github", "--tool", "search::imap", "--tool", "send::github,imap"}, true, ""},
+	} {
+		args := append([]string{"--id", id()}, tc.args...)
+		if !slices.Contains(args, "--uri") {
+			args = append(args, "--uri", uri())
+		}
+		code, out := add(tc.where, args...)
+		switch {
+		case tc.ok && code != 0:
+			t.Errorf("%s: exit %d, want success\n%s", tc.name, code, out)
+		case !tc.ok && (code != exitUsage || !strings.Contains(out, tc.why)):
+			t.Errorf("%s: exit %d, want a usage error saying %q\n%s", tc.name, code, tc.why, out)
+		}
+	}
+
+	// --jwks-file: a private key given by mistake is stored as its public
+	// half; a symmetric key is refused.
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := func(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+	point, err := priv.PublicKey.Bytes() // 0x04 || x || y
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := priv.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, y, d := point[1:33], point[33:], b64(raw)
+	privJWKS := fmt.Sprintf(`{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256","x":%q,"y":%q,"d":%q}]}`, b64(x), b64(y), d)
+	privFile := filepath.Join(dir, "private.jwks")
+	octFile := filepath.Join(dir, "oct.jwks")
+	_ = os.WriteFile(privFile, []byte(privJWKS), 0o600)
+	_ = os.WriteFile(octFile, []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQ","kid":"h"}]}`), 0o600)
+	if code, out := add(dev, "--id", "jwtsrv", "--uri", "https://jwt.example.com/mcp", "--jwks-file", privFile); code != 0 {
+		t.Fatalf("--jwks-file with a private key: exit %d\n%s", code, out)
+	}
+	if code, out := add(dev, "--id", "octsrv", "--uri", "https://oct.example.com/mcp", "--jwks-file", octFile); code != exitUsage || !strings.Contains(out, "symmetric") {
+		t.Errorf("--jwks-file with a symmetric key: exit %d\n%s", code, out)
+	}
+	if code, out := add(dev, "--id", "junksrv", "--uri", "https://junk.example.com/mcp", "--jwks-file", cfgPath); code != exitUsage || !strings.Contains(out, "--jwks-file") {
+		t.Errorf("--jwks-file that is no JWK Set: exit %d\n%s", code, out)
+	}
+	cfg, err := finish(func() (c config.Config) {
+		c = config.Default()
+		c.DataDir, c.Dev = filepath.Join(dir, "dev"), true
+		return
+	}())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(cfg.Store.Bolt.Path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	r, err := db.Resources().Get(t.Context(), "jwtsrv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(r.JWKS, d) || strings.Contains(r.JWKS, `"d"`) || !strings.Contains(r.JWKS, `"k1"`) || r.TokenEndpointAuthMethod != "private_key_jwt" {
+		t.Errorf("stored JWKS %s (auth %s): want the public key only", r.JWKS, r.TokenEndpointAuthMethod)
+	}
+	for _, id := range []string{"octsrv", "junksrv"} {
+		if _, err := db.Resources().Get(t.Context(), id); err == nil {
+			t.Errorf("%s was registered", id)
+		}
 	}
 }
