@@ -269,9 +269,12 @@ func (db *DB) view(ctx context.Context, op string, fn func(*bbolt.Tx) error) err
 	return db.run(ctx, op, false, fn)
 }
 
-// update runs fn in one read-write, fsynced transaction; see run.
+// update runs fn in a read-write, fsynced transaction, which concurrent
+// writers share (group commit, see batch): fn may run more than once and
+// must start from what it reads in the transaction; its error is returned
+// as it is and undoes only its own writes.
 func (db *DB) update(ctx context.Context, op string, fn func(*bbolt.Tx) error) error {
-	return db.run(ctx, op, true, fn)
+	return db.batch(ctx, op, fn)
 }
 
 // batch runs fn in a read-write transaction that it may share with other
@@ -354,6 +357,17 @@ func (g *groupCommit) loop(db *DB) {
 	}
 }
 
+// runFn runs fn, turning a panic into an error of this call alone (fn runs
+// on the committer's goroutine, not its caller's).
+func runFn(fn func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic in write transaction: %v", p)
+		}
+	}()
+	return fn(tx)
+}
+
 // commit runs calls in one transaction. A function that fails gets its
 // error and leaves the batch, which is run again without it (the failed
 // transaction rolled back); a failure to commit is every call's.
@@ -362,7 +376,7 @@ func (db *DB) commit(calls []*batchCall) {
 		failed := -1
 		err := db.bolt.Update(func(tx *bbolt.Tx) error {
 			for i, c := range calls {
-				if err := c.fn(tx); err != nil {
+				if err := runFn(c.fn, tx); err != nil {
 					failed, c.err, c.fnErr = i, err, true
 					return err
 				}
