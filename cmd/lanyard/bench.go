@@ -118,6 +118,7 @@ type benchRun struct {
 	dir                   string
 	vaultAddr, vaultToken string
 	fx                    benchFixture
+	heapRedeemed          uint64
 	client                *http.Client
 	results               []benchResult
 	refresh               []string // refresh tokens from the code scenario
@@ -150,16 +151,21 @@ type benchResult struct {
 
 // benchReport is the JSON output.
 type benchReport struct {
-	Started     time.Time     `json:"started"`
-	Machine     benchMachine  `json:"machine"`
-	Users       int           `json:"users"`
-	Grants      int           `json:"grants_in_store"`
-	Concurrency int           `json:"concurrency"`
-	Duration    string        `json:"duration"`
-	SeedSeconds float64       `json:"seed_seconds"`
-	StoreBytes  int64         `json:"store_bytes"`
-	HeapSeeded  uint64        `json:"server_heap_after_seed_bytes"`
-	Results     []benchResult `json:"results"`
+	Started     time.Time    `json:"started"`
+	Machine     benchMachine `json:"machine"`
+	Users       int          `json:"users"`
+	Grants      int          `json:"grants_in_store"`
+	Concurrency int          `json:"concurrency"`
+	Duration    string       `json:"duration"`
+	SeedSeconds float64      `json:"seed_seconds"`
+	StoreBytes  int64        `json:"store_bytes"`
+	HeapSeeded  uint64       `json:"server_heap_after_seed_bytes"`
+	// HeapRedeemed is the server's live heap after the redeem scenario
+	// (every grant redeemed: token and credential caches full), and
+	// HeapPerGrant the growth over HeapSeeded per redeemed grant.
+	HeapRedeemed uint64        `json:"server_heap_after_redeem_bytes,omitempty"`
+	HeapPerGrant float64       `json:"server_heap_per_active_grant_bytes,omitempty"`
+	Results      []benchResult `json:"results"`
 }
 
 type benchMachine struct {
@@ -256,6 +262,19 @@ func (r *benchRun) run(ctx context.Context) error {
 		r.timed("redeem", "lanyard", lanyardPid, func(rng *rand.Rand, _ int) error {
 			return r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[rng.IntN(len(bodies))], &auth, 200, []byte(`"credential"`))
 		})
+		// Every grant once more, so that each is in the caches, then the
+		// live heap.
+		for i := range bodies {
+			_ = r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[i], &auth, 200, nil)
+		}
+		if resp, err := http.Get(r.fx.Control + "/heap"); err == nil {
+			var h struct {
+				HeapAlloc uint64 `json:"heap_alloc"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&h)
+			resp.Body.Close()
+			r.heapRedeemed = h.HeapAlloc
+		}
 		if prof != nil {
 			<-profDone
 			if err := os.WriteFile(r.f.profile, prof.Bytes(), 0o644); err != nil {
@@ -308,7 +327,10 @@ func (r *benchRun) run(ctx context.Context) error {
 	r.ratios()
 	rep := benchReport{Started: started, Machine: mach, Users: r.f.users, Grants: r.f.users + r.fx.ExtraGrants,
 		Concurrency: r.f.concurrency, Duration: r.f.duration.String(), SeedSeconds: r.fx.SeedSeconds,
-		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, Results: r.results}
+		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, HeapRedeemed: r.heapRedeemed, Results: r.results}
+	if r.heapRedeemed > 0 {
+		rep.HeapPerGrant = (float64(r.heapRedeemed) - float64(r.fx.HeapAfterSeed)) / float64(len(r.fx.Grants))
+	}
 	r.print(rep)
 	if r.f.jsonOut != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
@@ -539,6 +561,10 @@ func (r *benchRun) print(rep benchReport) {
 			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"))
 	}
 	_ = w.Flush()
+	if rep.HeapRedeemed > 0 {
+		fmt.Fprintf(r.m.Stdout, "server live heap: %.1f MiB after seeding, %.1f MiB after redeeming every grant (%.0f B per active grant); store file %.1f MiB\n",
+			float64(rep.HeapSeeded)/(1<<20), float64(rep.HeapRedeemed)/(1<<20), rep.HeapPerGrant, float64(rep.StoreBytes)/(1<<20))
+	}
 }
 
 // child starts exe args with stderr to logName in the run directory and
