@@ -142,6 +142,11 @@ type benchResult struct {
 	CPUPerReqUS float64 `json:"server_cpu_us_per_request"`
 	PeakRSSMiB  float64 `json:"server_peak_rss_mib"` // -1: unknown
 	ClientCPU   float64 `json:"client_cpu_seconds"`
+	// The server's bbolt group commit during the scenario: fsynced write
+	// transactions, writes per transaction, and mean time per transaction.
+	Commits      int64   `json:"store_commits,omitempty"`
+	WritesPerTx  float64 `json:"store_writes_per_commit,omitempty"`
+	CommitMeanMs float64 `json:"store_commit_mean_ms,omitempty"`
 	// Ratios to the references of the same run.
 	RPSvsBaseline float64 `json:"rps_vs_baseline"`
 	RPSvsCeiling  float64 `json:"rps_vs_ceiling"`
@@ -482,10 +487,18 @@ func (r *benchRun) measure(name, target string, pid int, loop func(deadline time
 	if timed && r.f.warmup > 0 {
 		phase(r.f.warmup)
 	}
+	var st0 benchCommits
+	if target == "lanyard" {
+		st0 = r.commits()
+	}
 	cpu0, rss0 := procCPU(pid), resetPeakRSS(pid)
 	ccpu0 := selfCPU()
 	lats, errs, firstErr, wall := phase(r.f.duration)
 	cpu1, peak := procCPU(pid), procPeakRSS(pid)
+	var st1 benchCommits
+	if target == "lanyard" {
+		st1 = r.commits()
+	}
 	ccpu1 := selfCPU()
 	var all []time.Duration
 	for _, l := range lats {
@@ -509,8 +522,31 @@ func (r *benchRun) measure(name, target string, pid int, loop func(deadline time
 	if rss0 && peak >= 0 {
 		res.PeakRSSMiB = peak
 	}
+	if n := st1.Commits - st0.Commits; n > 0 {
+		res.Commits = n
+		res.WritesPerTx = float64(st1.Calls-st0.Calls) / float64(n)
+		res.CommitMeanMs = float64(st1.Nanos-st0.Nanos) / float64(n) / 1e6
+	}
 	r.results = append(r.results, res)
 	fmt.Fprintf(r.m.Stderr, "bench: %-13s %8.0f/s p99 %6.2f ms errors %d\n", name, res.RPS, res.P99ms, errs)
+}
+
+type benchCommits struct {
+	Commits int64 `json:"commits"`
+	Calls   int64 `json:"calls"`
+	Nanos   int64 `json:"nanos"`
+}
+
+// commits reads the server's group-commit counters.
+func (r *benchRun) commits() benchCommits {
+	var c benchCommits
+	resp, err := http.Get(r.fx.Control + "/commits")
+	if err != nil {
+		return c
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(&c)
+	return c
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -543,11 +579,18 @@ func (r *benchRun) ratios() {
 	}
 }
 
+func commitCol(n int64, v float64, f string) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(f, v)
+}
+
 func (r *benchRun) print(rep benchReport) {
 	w := tabwriter.NewWriter(r.m.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(r.m.Stdout, "lanyard bench: %d CPUs (%s), %d MiB, load %s; %d users, %d grants, %d connections, %s per scenario\n",
 		rep.Machine.CPUs, rep.Machine.CPUModel, rep.Machine.MemMiB, rep.Machine.LoadAvg, rep.Users, rep.Grants, rep.Concurrency, rep.Duration)
-	fmt.Fprintln(w, "scenario\treq/s\tx base\tx ceil\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\tp99 x ceil\terrors\tsrv CPU s\tsrv cores\tCPU µs/req\tpeak RSS MiB\t")
+	fmt.Fprintln(w, "scenario\treq/s\tx base\tx ceil\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\tp99 x ceil\terrors\tsrv CPU s\tsrv cores\tCPU µs/req\tpeak RSS MiB\twrites/commit\tcommit ms\t")
 	na := func(known, v float64, f string) string {
 		if known < 0 {
 			return "n/a"
@@ -555,10 +598,10 @@ func (r *benchRun) print(rep benchReport) {
 		return fmt.Sprintf(f, v)
 	}
 	for _, x := range rep.Results {
-		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t\n", x.Name, x.RPS, x.RPSvsBaseline, x.RPSvsCeiling,
+		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Name, x.RPS, x.RPSvsBaseline, x.RPSvsCeiling,
 			x.P50ms, x.P95ms, x.P99ms, x.Maxms, x.P99vsBaseline, x.P99vsCeiling, x.Errors,
 			na(x.ServerCPU, x.ServerCPU, "%.2f"), na(x.ServerCPU, x.ServerCores, "%.2f"), na(x.ServerCPU, x.CPUPerReqUS, "%.0f"),
-			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"))
+			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"), commitCol(x.Commits, x.WritesPerTx, "%.1f"), commitCol(x.Commits, x.CommitMeanMs, "%.1f"))
 	}
 	_ = w.Flush()
 	if rep.HeapRedeemed > 0 {

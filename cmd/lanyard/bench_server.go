@@ -32,6 +32,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/connectors"
 	"github.com/lanyardhq/lanyard/connectors/apikey"
+	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 )
 
@@ -319,6 +320,13 @@ func benchControl(a *app, grants []benchGrant) http.Handler {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		_ = json.NewEncoder(w).Encode(map[string]uint64{"heap_alloc": ms.HeapAlloc})
+	})
+	mux.HandleFunc("GET /commits", func(w http.ResponseWriter, r *http.Request) {
+		var st bolt.CommitStats
+		if db, ok := a.store.(interface{ CommitStats() bolt.CommitStats }); ok { // bbolt only
+			st = db.CommitStats()
+		}
+		_ = json.NewEncoder(w).Encode(map[string]int64{"commits": st.Commits, "calls": st.Calls, "nanos": int64(st.Time)})
 	})
 	mux.HandleFunc("POST /mint", func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.Atoi(r.URL.Query().Get("n"))

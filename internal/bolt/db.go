@@ -321,6 +321,23 @@ type groupCommit struct {
 	mu      sync.Mutex
 	pending []*batchCall
 	running bool
+	// statistics (see DB.CommitStats)
+	commits, calls atomic.Int64
+	nanos          atomic.Int64
+}
+
+// CommitStats counts the write transactions committed so far, the write
+// calls they carried and the time they took (begin to fsynced commit):
+// Calls/Commits is the group commit's batch size, Time/Commits the cost of
+// one commit on this disk.
+type CommitStats struct {
+	Commits, Calls int64
+	Time           time.Duration
+}
+
+// CommitStats reports the group commit's counters.
+func (db *DB) CommitStats() CommitStats {
+	return CommitStats{Commits: db.group.commits.Load(), Calls: db.group.calls.Load(), Time: time.Duration(db.group.nanos.Load())}
 }
 
 type batchCall struct {
@@ -353,7 +370,11 @@ func (g *groupCommit) loop(db *DB) {
 		calls := g.pending[:n:n]
 		g.pending = slices.Clone(g.pending[n:])
 		g.mu.Unlock()
+		start := time.Now()
 		db.commit(calls)
+		g.commits.Add(1)
+		g.calls.Add(int64(n))
+		g.nanos.Add(int64(time.Since(start)))
 	}
 }
 
