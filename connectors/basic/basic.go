@@ -28,11 +28,9 @@ import (
 	"io"
 	"log"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -43,6 +41,7 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/connectors"
+	"github.com/lanyardhq/lanyard/internal/boundedconn"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/safehttp"
 )
@@ -314,8 +313,7 @@ func (c *Connector) login(ctx context.Context, a account) error {
 	// IMAP client is waiting for; the deadline bounds every read and write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	defer stop()
-	var conn net.Conn = &boundedConn{Conn: raw, deadline: deadline}
-	_ = conn.SetDeadline(deadline)
+	var conn net.Conn = boundedconn.New(raw, deadline)
 
 	tlsConf := &tls.Config{ServerName: host, RootCAs: c.roots, MinVersion: tls.VersionTLS12}
 	if c.cfg.TLS == TLSImplicit {
@@ -390,57 +388,25 @@ func cleanInfo(s string) string {
 	return strconv.Quote(s)
 }
 
-// dial connects to the account's server. A user-supplied address is
-// resolved once, every address it resolves to must pass
-// safehttp.CheckAddr (no loopback, private, link-local, ...), and the
-// checked IPs are dialled, with the dialer's Control hook checking again.
+// dial connects to the account's server. A user-supplied address is dialled
+// through safehttp.DialChecked: resolved once, every address it resolves to
+// must pass safehttp.CheckAddr (no loopback, private, link-local, ...), and
+// the checked IPs are dialled, with the dialer's Control hook checking
+// again.
 func dial(ctx context.Context, a account) (net.Conn, error) {
 	if !a.guarded {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", a.address)
 	}
-	host, port, err := splitAddress(a.address)
+	host, _, err := splitAddress(a.address)
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, broker.ErrInvalid)
 	}
-	var ips []netip.Addr
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ips = []netip.Addr{ip}
-	} else {
-		ips, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		if err != nil {
-			return nil, fmt.Errorf("resolve %s: %w", host, err)
-		}
+	conn, err := safehttp.DialChecked(ctx, "tcp", a.address, false)
+	if errors.Is(err, safehttp.ErrBlockedAddress) {
+		return nil, fmt.Errorf("the IMAP server address %s is not allowed (%w): %w", host, err, broker.ErrInvalid)
 	}
-	for _, ip := range ips {
-		if err := safehttp.CheckAddr(ip, false); err != nil {
-			return nil, fmt.Errorf("the IMAP server address %s is not allowed (%w): %w", host, err, broker.ErrInvalid)
-		}
-	}
-	d := net.Dialer{Control: func(network, address string, _ syscall.RawConn) error {
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return fmt.Errorf("%w: unparsable address", safehttp.ErrBlockedAddress)
-		}
-		return safehttp.CheckAddr(ap.Addr(), false)
-	}}
-	var firstErr error
-	for _, ip := range ips {
-		conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), port).String())
-		if err == nil {
-			return conn, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	if firstErr == nil {
-		firstErr = fmt.Errorf("%s has no address", host)
-	}
-	return nil, firstErr
+	return conn, err
 }
 
 // splitAddress parses host:port with a port in 1..65535.
@@ -470,21 +436,3 @@ func printable(s string) bool {
 	}
 	return true
 }
-
-// boundedConn keeps every deadline the IMAP client sets (it clears them
-// between commands) within the login's overall deadline.
-type boundedConn struct {
-	net.Conn
-	deadline time.Time
-}
-
-func (b *boundedConn) clamp(t time.Time) time.Time {
-	if t.IsZero() || t.After(b.deadline) {
-		return b.deadline
-	}
-	return t
-}
-
-func (b *boundedConn) SetDeadline(t time.Time) error      { return b.Conn.SetDeadline(b.clamp(t)) }
-func (b *boundedConn) SetReadDeadline(t time.Time) error  { return b.Conn.SetReadDeadline(b.clamp(t)) }
-func (b *boundedConn) SetWriteDeadline(t time.Time) error { return b.Conn.SetWriteDeadline(b.clamp(t)) }

@@ -39,7 +39,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -325,47 +324,33 @@ func checkTCP(ctx context.Context, addr string) (string, error) {
 	if err != nil || port == 0 {
 		return "", fmt.Errorf("the port must be a number from 1 to 65535: %w", broker.ErrInvalid)
 	}
-	var ips []netip.Addr
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ips = []netip.Addr{ip}
-	} else {
-		rctx, cancel := context.WithTimeout(ctx, Timeout)
-		defer cancel()
-		ips, err = net.DefaultResolver.LookupNetIP(rctx, "ip", host)
-		if err != nil {
-			if ctx.Err() != nil {
-				return "", ctx.Err()
-			}
-			return "", fmt.Errorf("resolve %s: %w", host, connectors.ErrUpstream)
+	rctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	ips, err := safehttp.Resolve(rctx, host, true)
+	switch {
+	case errors.Is(err, safehttp.ErrBlockedAddress):
+		return "", fmt.Errorf("the address %s is not allowed (%w): %w", host, err, broker.ErrInvalid)
+	case err != nil:
+		if ctx.Err() != nil {
+			return "", ctx.Err()
 		}
-	}
-	if len(ips) == 0 {
+		return "", fmt.Errorf("resolve %s: %w", host, connectors.ErrUpstream)
+	case len(ips) == 0:
 		return "", fmt.Errorf("%s has no address: %w", host, connectors.ErrUpstream)
 	}
-	for _, ip := range ips {
-		if err := safehttp.CheckAddr(ip, true); err != nil {
-			return "", fmt.Errorf("the address %s is not allowed (%w): %w", host, err, broker.ErrInvalid)
-		}
-	}
-	return netip.AddrPortFrom(ips[0].Unmap(), uint16(port)).String(), nil
+	return netip.AddrPortFrom(ips[0], uint16(port)).String(), nil
 }
 
-// dialer dials only what check approved; for TCP its Control hook checks
-// the address once more.
-func dialer(deadline time.Time) *net.Dialer {
-	return &net.Dialer{Deadline: deadline, Control: func(network, address string, _ syscall.RawConn) error {
-		switch network {
-		case "unix":
-			return nil
-		case "tcp", "tcp4", "tcp6":
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return fmt.Errorf("%w: unparsable address", safehttp.ErrBlockedAddress)
-			}
-			return safehttp.CheckAddr(ap.Addr(), true)
-		}
-		return fmt.Errorf("%w: network %s", safehttp.ErrBlockedAddress, network)
-	}}
+// dialer dials only what check approved: a unix socket path as it is, a TCP
+// address through safehttp.Dialer, whose Control hook checks the address
+// once more (loopback allowed).
+func dialer(network string, deadline time.Time) *net.Dialer {
+	if network == NetworkUnix {
+		return &net.Dialer{Deadline: deadline}
+	}
+	d := safehttp.Dialer(true)
+	d.Deadline = deadline
+	return d
 }
 
 // probe dials the endpoint and runs the configured probe.
@@ -389,7 +374,7 @@ func (c *Connector) probe(ctx context.Context, ep endpoint) error {
 		return fmt.Errorf("%s %s: %s: %v: %w", ep.network, ep.given, what, err, connectors.ErrUpstream)
 	}
 	if c.cfg.Probe == ProbeNone {
-		conn, err := dialer(deadline).DialContext(ctx, ep.network, ep.dial)
+		conn, err := dialer(ep.network, deadline).DialContext(ctx, ep.network, ep.dial)
 		if err != nil {
 			return fail("connect", err)
 		}
@@ -407,7 +392,7 @@ func redisProbe(ctx context.Context, ep endpoint, deadline time.Time, fail func(
 		Network: ep.network,
 		Addr:    ep.dial,
 		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return dialer(deadline).DialContext(ctx, ep.network, ep.dial)
+			return dialer(ep.network, deadline).DialContext(ctx, ep.network, ep.dial)
 		},
 		Password: ep.secret,
 		// RESP2 and no CLIENT SETINFO or maintenance-notification

@@ -15,12 +15,10 @@ import (
 	"mime/quotedprintable"
 	"net"
 	"net/mail"
-	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -29,6 +27,7 @@ import (
 	"github.com/emersion/go-imap/client"
 	"github.com/emersion/go-imap/commands"
 
+	"github.com/lanyardhq/lanyard/internal/boundedconn"
 	"github.com/lanyardhq/lanyard/internal/safehttp"
 )
 
@@ -144,23 +143,6 @@ type imapDialer struct {
 	AllowLoopback bool
 }
 
-// dialControl is the net.Dialer Control hook: it sees every address the
-// dialer is about to connect to, after name resolution.
-func dialControl(allowLoopback bool) func(network, address string, _ syscall.RawConn) error {
-	return func(network, address string, _ syscall.RawConn) error {
-		switch network {
-		case "tcp", "tcp4", "tcp6":
-		default:
-			return fmt.Errorf("%w: network %s", safehttp.ErrBlockedAddress, network)
-		}
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return fmt.Errorf("%w: unparsable address", safehttp.ErrBlockedAddress)
-		}
-		return safehttp.CheckAddr(ap.Addr(), allowLoopback)
-	}
-}
-
 // msgUnreachable is all the agent learns when the mail server cannot be
 // reached or spoken to: where the credential pointed and why it failed
 // (a refused address, a connection error, a TLS error) go to the log.
@@ -218,8 +200,7 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 		return &mailServerError{addr: addr, what: what, err: err}
 	}
 
-	nd := net.Dialer{Control: dialControl(d.AllowLoopback)}
-	raw, err := nd.DialContext(ctx, "tcp", addr)
+	raw, err := safehttp.Dialer(d.AllowLoopback).DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return fail("connect", err)
 	}
@@ -228,8 +209,7 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 	// the deadline bounds every read and write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
 	defer stop()
-	var conn net.Conn = &boundedConn{Conn: raw, deadline: deadline}
-	_ = conn.SetDeadline(deadline)
+	var conn net.Conn = boundedconn.New(raw, deadline)
 
 	tlsConf := &tls.Config{ServerName: a.Host, RootCAs: d.Roots, MinVersion: tls.VersionTLS12}
 	if a.TLS == tlsImplicit {
@@ -282,24 +262,6 @@ func (d imapDialer) session(ctx context.Context, a imapAccount, fn func(*client.
 	_ = c.Logout()
 	return err
 }
-
-// boundedConn keeps every deadline the IMAP client sets (it clears them
-// before each command) within the session's overall deadline.
-type boundedConn struct {
-	net.Conn
-	deadline time.Time
-}
-
-func (b *boundedConn) clamp(t time.Time) time.Time {
-	if t.IsZero() || t.After(b.deadline) {
-		return b.deadline
-	}
-	return t
-}
-
-func (b *boundedConn) SetDeadline(t time.Time) error      { return b.Conn.SetDeadline(b.clamp(t)) }
-func (b *boundedConn) SetReadDeadline(t time.Time) error  { return b.Conn.SetReadDeadline(b.clamp(t)) }
-func (b *boundedConn) SetWriteDeadline(t time.Time) error { return b.Conn.SetWriteDeadline(b.clamp(t)) }
 
 // Mailbox is one entry of list_mailboxes.
 type Mailbox struct {

@@ -16,6 +16,11 @@
 // Use NewClient to build the client and Get or Do to fetch; the errors say
 // why a fetch was refused (ErrBlockedAddress, ErrScheme, ErrRedirect,
 // ErrTooLarge, ErrTimeout) so callers can tell the party that named the URL.
+//
+// The same address rules guard connections that are not HTTP: Dialer is a
+// net.Dialer that checks every address it dials, Resolve resolves a host and
+// checks every address it stands for, and DialChecked does both (resolve
+// once, check all, dial the checked addresses).
 package safehttp
 
 import (
@@ -74,11 +79,9 @@ func (o Options) withDefaults() Options {
 // comment. It is safe for concurrent use; share one per purpose.
 func NewClient(o Options) *http.Client {
 	o = o.withDefaults()
-	d := &net.Dialer{
-		Timeout:   o.Timeout,
-		KeepAlive: 30 * time.Second,
-		Control:   control(o.AllowLoopback),
-	}
+	d := Dialer(o.AllowLoopback)
+	d.Timeout = o.Timeout
+	d.KeepAlive = 30 * time.Second
 	base := &http.Transport{
 		Proxy:                  nil, // never from the environment: a proxy would dial for us, unchecked
 		DialContext:            d.DialContext,
