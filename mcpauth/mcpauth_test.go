@@ -20,31 +20,12 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 	"github.com/lanyardhq/lanyard/mcpauth"
 	"github.com/lanyardhq/lanyard/mcpauth/internal/lanyardtest"
 )
 
 const metadataURL = "https://mail.example.com/.well-known/oauth-protected-resource/mcp"
-
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // newClient makes a Client for the world's MCP server; edit changes the
 // config first.
@@ -324,7 +305,7 @@ func TestNewChecks(t *testing.T) {
 // Lanyard rotates its key; the first token signed by the new key makes
 // the client fetch the JWKS once more.
 func TestKeyRotation(t *testing.T) {
-	clock := newClock()
+	clock := testenv.NewClock(time.Now())
 	w := lanyardtest.New(t, lanyardtest.Options{Now: clock.Now})
 	c := newClient(t, w, func(cfg *mcpauth.Config) { cfg.Now = clock.Now; cfg.JWKSMinRefetch = time.Minute })
 	srv := protected(t, c)
@@ -357,7 +338,7 @@ func TestKeyRotation(t *testing.T) {
 // A flood of tokens with unknown kids costs at most one JWKS fetch per
 // JWKSMinRefetch.
 func TestUnknownKidFlood(t *testing.T) {
-	clock := newClock()
+	clock := testenv.NewClock(time.Now())
 	w := lanyardtest.New(t, lanyardtest.Options{Now: clock.Now})
 	c := newClient(t, w, func(cfg *mcpauth.Config) { cfg.Now = clock.Now; cfg.JWKSMinRefetch = time.Minute })
 	srv := protected(t, c)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 	"github.com/lanyardhq/lanyard/mcpauth"
 	"github.com/lanyardhq/lanyard/mcpauth/internal/lanyardtest"
 )
@@ -108,13 +109,13 @@ type redeemEnv struct {
 	w     *lanyardtest.World
 	f     *fakeRedeem
 	c     *mcpauth.Client
-	clock *fakeClock
+	clock *testenv.Clock
 	tok   *mcpauth.Token
 }
 
 func newRedeemEnv(t *testing.T, edit func(*mcpauth.Config)) *redeemEnv {
 	t.Helper()
-	e := &redeemEnv{f: &fakeRedeem{}, clock: newClock()}
+	e := &redeemEnv{f: &fakeRedeem{}, clock: testenv.NewClock(time.Now())}
 	e.f.answer = credentialAnswer(time.Time{})
 	e.w = lanyardtest.New(t, lanyardtest.Options{Now: e.clock.Now, Redeem: e.f})
 	e.c = newClient(t, e.w, func(cfg *mcpauth.Config) {

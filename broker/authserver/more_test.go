@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,29 +29,10 @@ import (
 	"github.com/lanyardhq/lanyard/internal/password"
 	"github.com/lanyardhq/lanyard/internal/safehttp"
 	"github.com/lanyardhq/lanyard/internal/server"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 	"github.com/lanyardhq/lanyard/vault/sealed"
 	"github.com/lanyardhq/lanyard/web"
 )
-
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // envOptions vary the test world of newEnv.
 type envOptions struct {
@@ -815,7 +795,7 @@ func TestIntrospectionOnlyForTheAudience(t *testing.T) {
 }
 
 func TestIntrospectionExpiredToken(t *testing.T) {
-	clock := newFakeClock()
+	clock := testenv.NewClock(time.Now())
 	e := newEnvWith(t, envOptions{now: clock.Now})
 	code, verifier := e.code("mail.read")
 	_, tok, _ := e.token(codeForm(code, verifier))

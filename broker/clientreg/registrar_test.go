@@ -16,9 +16,10 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/internal/bolt"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
-func newRegistrar(t *testing.T, clk *clock, opts RegistrarOptions) (*Registrar, *bolt.DB) {
+func newRegistrar(t *testing.T, clk *testenv.Clock, opts RegistrarOptions) (*Registrar, *bolt.DB) {
 	t.Helper()
 	db := openStore(t, clk)
 	opts.Clients = db.Clients()

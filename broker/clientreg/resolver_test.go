@@ -17,29 +17,15 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 	"github.com/lanyardhq/lanyard/internal/bolt"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
-// clock is a fake clock shared by the store and the code under test.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
+// newClock is a fake clock shared by the store and the code under test.
+func newClock() *testenv.Clock {
+	return testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
 
-func newClock() *clock { return &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func openStore(t *testing.T, clk *clock) *bolt.DB {
+func openStore(t *testing.T, clk *testenv.Clock) *bolt.DB {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "l.db"), bolt.Options{Now: clk.Now})
 	if err != nil {
@@ -91,7 +77,7 @@ func rawDoc(body string) func(http.ResponseWriter, string) {
 	}
 }
 
-func newResolver(t *testing.T, clk *clock, dev bool) (*Resolver, *bolt.DB) {
+func newResolver(t *testing.T, clk *testenv.Clock, dev bool) (*Resolver, *bolt.DB) {
 	t.Helper()
 	db := openStore(t, clk)
 	return NewResolver(ResolverOptions{Clients: db.Clients(), Now: clk.Now, DevLoopback: dev}), db

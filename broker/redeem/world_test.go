@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,6 +36,7 @@ import (
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/password"
 	"github.com/lanyardhq/lanyard/internal/server"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 	"github.com/lanyardhq/lanyard/vault/sealed"
 	"github.com/lanyardhq/lanyard/web"
 )
@@ -65,19 +65,6 @@ const (
 	policyOnly = "other_only"
 )
 
-// fakeClock is one clock for stores, keys, server and redemption.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // auditSwitch wraps the real store; while fail is set its audit log
 // refuses every Append (a full disk), so fail-closed can be shown.
 type auditSwitch struct {
@@ -100,7 +87,7 @@ func (brokenLog) Append(context.Context, broker.AuditEvent) (broker.AuditEvent, 
 
 type world struct {
 	t       testing.TB
-	clock   *fakeClock
+	clock   *testenv.Clock
 	issuer  string
 	store   *bolt.DB
 	sw      *auditSwitch
@@ -123,7 +110,7 @@ func newWorld(t testing.TB) *world { t.Helper(); return newWorldWith(t, worldOpt
 func newWorldWith(t testing.TB, o worldOptions) *world {
 	t.Helper()
 	ctx := context.Background()
-	w := &world{t: t, clock: &fakeClock{t: time.Now().Truncate(time.Second)}}
+	w := &world{t: t, clock: testenv.NewClock(time.Now().Truncate(time.Second))}
 	dir := t.TempDir()
 	db, err := bolt.Open(filepath.Join(dir, "l.db"), bolt.Options{Now: w.clock.Now})
 	if err != nil {

@@ -13,11 +13,11 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
 // Opener returns a fresh, empty store that measures expiry with now. It
@@ -53,35 +53,17 @@ func Run(t *testing.T, open func(t *testing.T, now func() time.Time) broker.Stor
 // env is one subtest's store and clock.
 type env struct {
 	store broker.Store
-	clock *clock
+	clock *testenv.Clock
 }
 
 func newEnv(t *testing.T, open Opener) env {
 	t.Helper()
-	c := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)}
+	c := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC))
 	s := open(t, c.Now)
 	if s == nil {
 		t.Fatal("open returned a nil store")
 	}
 	return env{store: s, clock: c}
-}
-
-// clock is a fake clock the suite advances by hand.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
 }
 
 // wantErr reports unless err matches target with errors.Is, also after one

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 )
 
 // jwksServer publishes a keyring's public JWKS over HTTP, the way the
@@ -55,13 +56,13 @@ func serveJWKS(t testing.TB, k *token.Keyring) *jwksServer {
 	return s
 }
 
-func newRemote(t testing.TB, k *token.Keyring, clock *fakeClock, o token.RemoteOptions) *token.RemoteVerifier {
+func newRemote(t testing.TB, k *token.Keyring, clock *testenv.Clock, o token.RemoteOptions) *token.RemoteVerifier {
 	t.Helper()
 	v, _ := newRemoteServed(t, k, clock, o)
 	return v
 }
 
-func newRemoteServed(t testing.TB, k *token.Keyring, clock *fakeClock, o token.RemoteOptions) (*token.RemoteVerifier, *jwksServer) {
+func newRemoteServed(t testing.TB, k *token.Keyring, clock *testenv.Clock, o token.RemoteOptions) (*token.RemoteVerifier, *jwksServer) {
 	t.Helper()
 	srv := serveJWKS(t, k)
 	if o.Issuer == "" {

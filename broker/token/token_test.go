@@ -42,25 +42,8 @@ var (
 	privateJWKs = []string{"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 )
 
-// fakeClock is a settable clock safe for concurrent use.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: t0} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
+// newClock is a clock at t0 the test moves by hand.
+func newClock() *testenv.Clock { return testenv.NewClock(t0) }
 
 // backend opens a fresh, empty secret store.
 type backend struct {
@@ -112,7 +95,7 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, s func(testing.TB) broke
 	}
 }
 
-func opts(s broker.SecretStore, c *fakeClock) token.Options {
+func opts(s broker.SecretStore, c *testenv.Clock) token.Options {
 	return token.Options{Issuer: issuer, Now: c.Now, MaxTokenTTL: ttl, PublishDelay: delay, Secrets: s}
 }
 

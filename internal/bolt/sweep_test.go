@@ -6,35 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/testenv"
 	bbolt "go.etcd.io/bbolt"
 )
 
-// testClock is a settable clock for the bolt-specific tests.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func openClock(tb testing.TB, path string) (*DB, *testClock) {
+func openClock(tb testing.TB, path string) (*DB, *testenv.Clock) {
 	tb.Helper()
-	c := &testClock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	c := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	db, err := Open(path, Options{Now: c.Now})
 	if err != nil {
 		tb.Fatalf("Open: %v", err)

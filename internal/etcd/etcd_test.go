@@ -183,7 +183,7 @@ func TestReplicas(t *testing.T) {
 	t.Run("Unique", func(t *testing.T) {
 		// Every racer wants the same user code, held by an expired device
 		// code: exactly one may take it.
-		clock := &fakeClock{t: now()}
+		clock := testenv.NewClock(now())
 		a, b := e.replica(t, clock.Now), e.replica(t, clock.Now)
 		dev := broker.DeviceCode{ID: "dev-0", UserCode: "ABCD-EFGH", ClientID: "c", ExpiresAt: clock.Now().Add(time.Minute)}
 		if err := a.DeviceCodes().Create(ctx, dev); err != nil {
@@ -242,23 +242,6 @@ func TestReplicas(t *testing.T) {
 		}
 		t.Logf("%d appends on two replicas in %v", n, elapsed)
 	})
-}
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }
 
 // TestConflict checks that an Update that loses every compare-and-swap
@@ -537,7 +520,7 @@ func TestCluster(t *testing.T) {
 func TestSweepReplicas(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	a, b := e.replica(t, clock.Now), e.replica(t, clock.Now)
 	a.sweepBatch, b.sweepBatch = 7, 7
 	const expired, alive = 60, 10
