@@ -1,26 +1,18 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,12 +26,7 @@ var accountsConnectors = map[string]string{
 	"weather": "Weather API",
 }
 
-const (
-	accountsUser         = "alice"
-	accountsBuildTimeout = 5 * time.Minute
-	accountsStartTimeout = 30 * time.Second
-	accountsFlowTimeout  = 3 * time.Minute
-)
+const accountsUser = "alice"
 
 // accountsResult is the RESULT line of accounts.mjs.
 type accountsResult struct {
@@ -67,15 +54,9 @@ type accountsResult struct {
 // the API key. Then Vault is asked directly: the unlinked account's secret
 // is gone and exactly the two others remain.
 func TestLinkedAccountsInBrowser(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test: skipped with -short")
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(dir)
-	accountsPrerequisites(t, dir)
+	dir, root := e2eDirs(t)
+	// The provider's own packages are checked by testenv.
+	prerequisites(t, dir, "playwright-core")
 	vaultAddr, vaultToken := testenv.Vault(t)
 	tmp := t.TempDir()
 
@@ -83,32 +64,20 @@ func TestLinkedAccountsInBrowser(t *testing.T) {
 	lanyardPort := testenv.FreePort(t)
 	base := "http://" + testenv.Addr(lanyardPort)
 
-	imapUser, imapPassword := "alice@mail.test", accountsRandom(t, 10)
+	imapUser, imapPassword := "alice@mail.test", randomHex(t, 10)
 	dovecot := testenv.StartDovecot(t, map[string]string{imapUser: imapPassword})
 
-	idpSecret := accountsRandom(t, 24)
+	idpSecret := randomHex(t, 24)
 	provider := testenv.StartOIDCProvider(t, testenv.OIDCClient{
 		ID: "lanyard-e2e", Secret: idpSecret, RedirectURIs: []string{base + "/accounts/callback/idp"},
 	})
 
-	apiKey := "wk_" + accountsRandom(t, 16)
+	apiKey := "wk_" + randomHex(t, 16)
 	api := newKeyChecker(apiKey)
 	t.Cleanup(api.srv.Close)
 
-	bin := os.Getenv("E2E_LANYARD_BIN")
-	if bin == "" {
-		bin = filepath.Join(tmp, "lanyard")
-		ctx, cancel := context.WithTimeout(context.Background(), accountsBuildTimeout)
-		defer cancel()
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/lanyard")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go build ./cmd/lanyard: %v\n%s", err, out)
-		}
-	}
-
-	cfgPath := filepath.Join(tmp, "lanyard.yaml")
-	cfg := fmt.Sprintf(`# written by accounts_test.go
+	bin := lanyardBin(t, root, tmp)
+	cfgPath := writeConfig(t, tmp, fmt.Sprintf(`# written by accounts_test.go
 connectors:
   - name: mail
     kind: basic
@@ -136,48 +105,33 @@ connectors:
       verify_url: %s/v1/me
 `, accountsConnectors["mail"], dovecot.TLSAddr, dovecot.CACert,
 		accountsConnectors["idp"], provider.Issuer,
-		accountsConnectors["weather"], api.srv.URL)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+		accountsConnectors["weather"], api.srv.URL))
 
-	password := accountsRandom(t, 12)
-	lanyard := exec.Command(bin, "dev", "--addr", testenv.Addr(lanyardPort), "--data", filepath.Join(tmp, "data"), "--config", cfgPath)
-	lanyard.Env = append(accountsEnv(),
+	password := randomHex(t, 12)
+	lanyardLog := testenv.Start(t, lanyardDev(bin, lanyardPort, filepath.Join(tmp, "data"), cfgPath,
 		"VAULT_ADDR="+vaultAddr,
 		"VAULT_TOKEN="+vaultToken,
 		"LANYARD_BOOTSTRAP_USER="+accountsUser,
 		"LANYARD_BOOTSTRAP_PASSWORD="+password,
 		"E2E_IDP_SECRET="+idpSecret,
-	)
-	lanyardLog := testenv.Start(t, lanyard)
-	testenv.WaitTCP(t, testenv.Addr(lanyardPort), accountsStartTimeout)
-	accountsWaitHTTP(t, base+"/login", accountsStartTimeout)
+	))
+	waitReady(t, lanyardPort, base+"/login")
 
-	shots := os.Getenv("E2E_ARTIFACTS")
-	if shots == "" {
-		shots = os.Getenv("E2E_SCREENSHOT_DIR")
-	}
-	if shots == "" {
-		shots = filepath.Join(tmp, "screenshots")
-	}
 	names, _ := json.Marshal(accountsConnectors)
-	r := runAccountsScript(t, dir, []string{
+	var r accountsResult
+	runScript(t, dir, []string{
 		"LANYARD_URL=" + base,
 		"E2E_USERNAME=" + accountsUser,
 		"E2E_PASSWORD=" + password,
 		"E2E_CONNECTORS=" + string(names),
 		"E2E_IMAP_USER=" + imapUser,
 		"E2E_IMAP_PASSWORD=" + imapPassword,
-		"E2E_IMAP_WRONG_PASSWORD=wrong-" + accountsRandom(t, 6),
+		"E2E_IMAP_WRONG_PASSWORD=wrong-" + randomHex(t, 6),
 		"E2E_IDP_ISSUER=" + provider.Issuer,
 		"E2E_IDP_USER=bob",
 		"E2E_API_KEY=" + apiKey,
-		"E2E_SCREENSHOT_DIR=" + shots,
-	})
-	for _, p := range r.Screenshots {
-		t.Logf("screenshot: %s", p)
-	}
+		"E2E_SCREENSHOT_DIR=" + artifactDir(tmp),
+	}, &r, "accounts.mjs")
 	t.Logf("wrong-password message: %q", r.WrongPasswordMessage)
 	for _, e := range r.ExternalRequests {
 		t.Logf("external request answered by the script (not Lanyard's): %v", e)
@@ -244,79 +198,6 @@ connectors:
 	t.Logf("Vault: user %s holds %v; idp secret fields %v", user, keys, idpFields)
 }
 
-// accountsPrerequisites is prerequisites for this test: node, Chromium and
-// playwright-core (the provider's own packages are checked by testenv).
-func accountsPrerequisites(t *testing.T, dir string) {
-	t.Helper()
-	var missing []string
-	if _, err := exec.LookPath("node"); err != nil {
-		missing = append(missing, "node")
-	}
-	if _, err := os.Stat(accountsChromium()); err != nil {
-		missing = append(missing, accountsChromium())
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "playwright-core", "package.json")); err != nil {
-		missing = append(missing, "e2e/node_modules/playwright-core")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("browser test needs %s: run the tests with `make test` (scripts/setup.sh installs them)", strings.Join(missing, ", "))
-	if testenv.InCI() {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// accountsEnv is the environment without what would change where the
-// processes under test connect (Vault is set explicitly).
-func accountsEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		name, _, _ := strings.Cut(kv, "=")
-		return strings.HasPrefix(name, "VAULT_") || strings.HasPrefix(name, "LANYARD_") ||
-			strings.HasPrefix(name, "SSL_CERT_") || strings.HasPrefix(name, "E2E_") ||
-			strings.EqualFold(name, "HTTP_PROXY") || strings.EqualFold(name, "HTTPS_PROXY") ||
-			strings.EqualFold(name, "ALL_PROXY") || name == "NODE_OPTIONS"
-	})
-}
-
-func accountsChromium() string {
-	if p := os.Getenv("CHROMIUM_PATH"); p != "" {
-		return p
-	}
-	return "/usr/bin/chromium"
-}
-
-func accountsRandom(t *testing.T, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
-
-func accountsWaitHTTP(t *testing.T, url string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: 5 * time.Second}
-	var last string
-	for time.Now().Before(deadline) {
-		resp, err := c.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("GET %s did not answer 200 within %v; last answer: %s", url, timeout, last)
-}
-
 // keyChecker is the upstream API: 200 for the right bearer key, 401
 // otherwise. It records the status of every call.
 type keyChecker struct {
@@ -350,60 +231,6 @@ func (k *keyChecker) calls() []int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return slices.Clone(k.status)
-}
-
-// runAccountsScript runs `node accounts.mjs` in its own process group
-// (killed whole, Chromium included, afterwards or on timeout) and returns
-// its RESULT, failing the test with its reason and log otherwise.
-func runAccountsScript(t *testing.T, dir string, env []string) accountsResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), accountsFlowTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "accounts.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(accountsEnv(), env...)
-	cmd.Env = append(cmd.Env,
-		"CHROMIUM_PATH="+accountsChromium(),
-		fmt.Sprintf("E2E_TIMEOUT_MS=%d", (accountsFlowTimeout-15*time.Second).Milliseconds()))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	}
-	var result, failure string
-	sc := bufio.NewScanner(&stdout)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if s, ok := strings.CutPrefix(line, "RESULT "); ok {
-			result = s
-		} else if s, ok := strings.CutPrefix(line, "FAIL "); ok {
-			failure = s
-		}
-	}
-	if err != nil || result == "" {
-		var ee *exec.ExitError
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			failure = fmt.Sprintf("killed after %v; %s", accountsFlowTimeout, failure)
-		case errors.As(err, &ee) && failure == "":
-			failure = ee.String()
-		case failure == "":
-			failure = fmt.Sprint("no RESULT line: ", err)
-		}
-		t.Fatalf("accounts.mjs failed: %s\n--- accounts.mjs log:\n%s", failure, stderr.String())
-	}
-	t.Logf("accounts.mjs log:\n%s", stderr.String())
-	t.Logf("RESULT %s", result)
-	var r accountsResult
-	if err := json.Unmarshal([]byte(result), &r); err != nil {
-		t.Fatalf("RESULT line: %v: %s", err, result)
-	}
-	return r
 }
 
 var (

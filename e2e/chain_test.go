@@ -82,14 +82,7 @@ const (
 // through unchanged (the Host and Origin headers included, for the DNS
 // rebinding scenario).
 func TestMailMCPConformance(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test: skipped with -short")
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(dir)
+	dir, root := e2eDirs(t)
 	node, suite := conformancePrerequisites(t, dir)
 	tmp := t.TempDir()
 	bin := buildMailMCP(t, root, tmp)
@@ -101,15 +94,8 @@ func TestMailMCPConformance(t *testing.T) {
 	mail := exec.Command(bin, "--addr", testenv.Addr(mcpPort), "--issuer", iss.url, "--resource", resource,
 		"--client-id", "mail-mcp", "--connector", "mail")
 	mail.Env = append(baseEnv(), "MAIL_MCP_SECRET="+randomHex(t, 32))
-	mailLog := testenv.Start(t, mail)
+	testenv.Start(t, mail) // its log is shown if the test fails
 	testenv.WaitTCP(t, testenv.Addr(mcpPort), startTimeout)
-	t.Cleanup(func() {
-		if t.Failed() {
-			if b, err := os.ReadFile(mailLog); err == nil {
-				t.Logf("mail-mcp log:\n%s", b)
-			}
-		}
-	})
 
 	tok := iss.sign(t, token.Claims{
 		Subject: "user-conformance", Audience: resource, ClientID: "conformance-suite",
@@ -171,29 +157,10 @@ func conformancePrerequisites(t *testing.T, dir string) (node, suite string) {
 			missing = append(missing, p)
 		}
 	}
-	if len(missing) == 0 {
-		return node, suite
+	if len(missing) > 0 {
+		testenv.Missing(t, fmt.Sprintf("conformance test needs %s: run `npm ci` in e2e/conformance (scripts/setup.sh does)", strings.Join(missing, ", ")))
 	}
-	msg := fmt.Sprintf("conformance test needs %s: run `npm ci` in e2e/conformance (scripts/setup.sh does)", strings.Join(missing, ", "))
-	if testenv.InCI() {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return "", ""
-}
-
-// buildMailMCP builds examples/mail-mcp into dir.
-func buildMailMCP(t *testing.T, root, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "mail-mcp")
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./examples/mail-mcp")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./examples/mail-mcp: %v\n%s", err, out)
-	}
-	return bin
+	return node, suite
 }
 
 // conformanceCheck is one entry of the suite's checks.json.
@@ -384,7 +351,6 @@ const (
 	chainMailDisplay   = "Mail (IMAP)"
 	chainResourceID    = "mail-mcp"
 	chainResourceName  = "Mail MCP server"
-	chainFlowTimeout   = 3 * time.Minute
 	chainCLITimeout    = time.Minute
 )
 
@@ -441,15 +407,8 @@ type chainResult struct {
 // link, consent, token.issue, redeem (ok), revoke, redeem (denied) in that
 // order, for this user, agent, server and connection, without a secret.
 func TestWholeChain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test: skipped with -short")
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(dir)
-	prerequisites(t, dir)
+	dir, root := e2eDirs(t)
+	prerequisites(t, dir, clientFlowPackages...)
 	vaultAddr, vaultToken := testenv.Vault(t)
 	tmp := t.TempDir()
 
@@ -462,31 +421,17 @@ func TestWholeChain(t *testing.T) {
 	seedMessage(t, dovecot.Addr, imapUser, imapPassword, "Weekly newsletter", "Nothing to see here.")
 	seedMessage(t, dovecot.Addr, imapUser, imapPassword, subject, body)
 
-	lanyardBin := os.Getenv("E2E_LANYARD_BIN")
-	if lanyardBin == "" {
-		lanyardBin = filepath.Join(tmp, "lanyard")
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		build := exec.CommandContext(ctx, "go", "build", "-o", lanyardBin, "./cmd/lanyard")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go build ./cmd/lanyard: %v\n%s", err, out)
-		}
-	}
+	bin := lanyardBin(t, root, tmp)
 	mailBin := buildMailMCP(t, root, tmp)
 
-	lanyardPort, mcpPort := testenv.FreePort(t), testenv.FreePort(t)
-	for mcpPort == lanyardPort {
-		mcpPort = testenv.FreePort(t)
-	}
+	lanyardPort, mcpPort := freePorts(t)
 	base := "http://" + testenv.Addr(lanyardPort)
 	resource := "http://" + testenv.Addr(mcpPort) + "/mcp"
 	mcpSecret := randomHex(t, 32)
 	password := randomHex(t, 12)
 	dataDir := filepath.Join(tmp, "data")
 
-	cfgPath := filepath.Join(tmp, "lanyard.yaml")
-	cfg := fmt.Sprintf(`# written by chain_test.go
+	cfgPath := writeConfig(t, tmp, fmt.Sprintf(`# written by chain_test.go
 connectors:
   - name: %[1]s
     kind: basic
@@ -512,22 +457,16 @@ resources:
 oauth:
   registration: {enabled: true}
 `, chainMailConnector, chainMailDisplay, dovecot.TLSAddr, dovecot.CACert,
-		chainResourceID, resource, chainResourceName, mailMCPScope)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+		chainResourceID, resource, chainResourceName, mailMCPScope))
 
-	lanyard := exec.Command(lanyardBin, "dev", "--addr", testenv.Addr(lanyardPort), "--data", dataDir, "--config", cfgPath)
-	lanyard.Env = append(baseEnv(),
+	stopLanyard, _ := startStoppable(t, lanyardDev(bin, lanyardPort, dataDir, cfgPath,
 		"VAULT_ADDR="+vaultAddr,
 		"VAULT_TOKEN="+vaultToken,
 		"LANYARD_BOOTSTRAP_USER="+chainUser,
 		"LANYARD_BOOTSTRAP_PASSWORD="+password,
 		"E2E_MAIL_MCP_SECRET="+mcpSecret,
-	)
-	stopLanyard, lanyardLog := startStoppable(t, lanyard)
-	testenv.WaitTCP(t, testenv.Addr(lanyardPort), startTimeout)
-	waitHTTP(t, base+"/.well-known/oauth-authorization-server", startTimeout)
+	))
+	waitReady(t, lanyardPort, base+"/.well-known/oauth-authorization-server")
 
 	mail := exec.Command(mailBin, "--addr", testenv.Addr(mcpPort), "--issuer", base, "--resource", resource,
 		"--client-id", chainResourceID, "--connector", chainMailConnector, "--imap-ca", dovecot.CACert,
@@ -535,24 +474,9 @@ oauth:
 	mail.Env = append(baseEnv(), "MAIL_MCP_SECRET="+mcpSecret)
 	mailLog := testenv.Start(t, mail)
 	testenv.WaitTCP(t, testenv.Addr(mcpPort), startTimeout)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for name, p := range map[string]string{"lanyard": lanyardLog, "mail-mcp": mailLog} {
-				if b, err := os.ReadFile(p); err == nil {
-					t.Logf("%s log:\n%s", name, b)
-				}
-			}
-		}
-	})
 
-	shots := os.Getenv("E2E_ARTIFACTS")
-	if shots == "" {
-		shots = os.Getenv("E2E_SCREENSHOT_DIR")
-	}
-	if shots == "" {
-		shots = filepath.Join(tmp, "screenshots")
-	}
-	r := runChainScript(t, dir, []string{
+	var r chainResult
+	runScript(t, dir, []string{
 		"LANYARD_URL=" + base,
 		"MCP_URL=" + resource,
 		"E2E_USERNAME=" + chainUser,
@@ -564,11 +488,8 @@ oauth:
 		"E2E_SEARCH_SUBJECT=" + marker,
 		"E2E_EXPECT_SUBJECT=" + subject,
 		"E2E_EXPECT_BODY=" + body,
-		"E2E_SCREENSHOT_DIR=" + shots,
-	})
-	for _, p := range r.Screenshots {
-		t.Logf("screenshot: %s", p)
-	}
+		"E2E_SCREENSHOT_DIR=" + artifactDir(tmp),
+	}, &r, "chain.mjs")
 
 	// What the agent saw.
 	if !r.OK {
@@ -629,9 +550,9 @@ oauth:
 
 	// The audit chain, read with Lanyard stopped (bbolt: one process).
 	stopLanyard()
-	verify := runLanyardCLI(t, lanyardBin, "audit", "verify", "--data", dataDir)
+	verify := runLanyardCLI(t, bin, "audit", "verify", "--data", dataDir)
 	t.Logf("lanyard audit verify: %s", strings.TrimSpace(verify))
-	export := runLanyardCLI(t, lanyardBin, "audit", "export", "--data", dataDir)
+	export := runLanyardCLI(t, bin, "audit", "export", "--data", dataDir)
 	for _, s := range []string{imapPassword, mcpSecret, password, vaultToken} {
 		if strings.Contains(export, s) {
 			t.Errorf("the audit export contains a password, secret or token")
@@ -721,48 +642,6 @@ func checkChainAudit(t *testing.T, export string, r chainResult, resource string
 	}
 }
 
-// startStoppable starts cmd like testenv.Start (own process group, output
-// to a log file, killed when the test ends) and returns a function that
-// stops it gracefully (SIGTERM, then SIGKILL after 15 s) and waits for it.
-func startStoppable(t *testing.T, cmd *exec.Cmd) (stop func(), logPath string) {
-	t.Helper()
-	logPath = filepath.Join(t.TempDir(), filepath.Base(cmd.Path)+".log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", cmd.Path, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		f.Close()
-		close(done)
-	}()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				t.Errorf("%s did not stop within 15 s of SIGTERM; killed", filepath.Base(cmd.Path))
-				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-done
-			}
-		})
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	})
-	return stop, logPath
-}
-
 // runLanyardCLI runs a lanyard subcommand and fails the test unless it
 // exits 0; it returns its standard output.
 func runLanyardCLI(t *testing.T, bin string, args ...string) string {
@@ -797,54 +676,4 @@ func seedMessage(t *testing.T, addr, user, password, subject, body string) {
 	if err := c.Append("INBOX", nil, time.Now(), strings.NewReader(msg)); err != nil {
 		t.Fatalf("seed: APPEND: %v", err)
 	}
-}
-
-// runChainScript runs `node chain.mjs` in its own process group (killed
-// whole, Chromium included, afterwards or on timeout) and returns its
-// RESULT, failing the test with its reason and log otherwise.
-func runChainScript(t *testing.T, dir string, env []string) chainResult {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), chainFlowTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", "chain.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(append(baseEnv(), env...),
-		"CHROMIUM_PATH="+chromiumPath(),
-		fmt.Sprintf("E2E_TIMEOUT_MS=%d", (chainFlowTimeout-15*time.Second).Milliseconds()))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	}
-	var result, failure string
-	for _, line := range strings.Split(stdout.String(), "\n") {
-		if s, ok := strings.CutPrefix(line, "RESULT "); ok {
-			result = s
-		} else if s, ok := strings.CutPrefix(line, "FAIL "); ok {
-			failure = s
-		}
-	}
-	if err != nil || result == "" {
-		var ee *exec.ExitError
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			failure = fmt.Sprintf("killed after %v; %s", chainFlowTimeout, failure)
-		case errors.As(err, &ee) && failure == "":
-			failure = ee.String()
-		case failure == "":
-			failure = fmt.Sprint("no RESULT line: ", err)
-		}
-		t.Fatalf("chain.mjs failed: %s\n--- chain.mjs log:\n%s", failure, stderr.String())
-	}
-	t.Logf("chain.mjs log:\n%s", stderr.String())
-	t.Logf("RESULT %s", result)
-	var r chainResult
-	if err := json.Unmarshal([]byte(result), &r); err != nil {
-		t.Fatalf("RESULT line: %v: %s", err, result)
-	}
-	return r
 }

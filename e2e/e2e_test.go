@@ -12,18 +12,13 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -34,7 +29,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -42,13 +36,14 @@ import (
 )
 
 const (
-	username     = "alice"
-	mcpClientID  = "e2e-mcp"
-	mcpName      = "E2E MCP server"
-	buildTimeout = 5 * time.Minute
-	startTimeout = 30 * time.Second
-	flowTimeout  = 3 * time.Minute
+	username    = "alice"
+	mcpClientID = "e2e-mcp"
+	mcpName     = "E2E MCP server"
 )
+
+// clientFlowPackages are the npm packages mcp-server.mjs and
+// client-flow.mjs need.
+var clientFlowPackages = []string{"@modelcontextprotocol/sdk", "playwright-core", "express"}
 
 // stack is one running Lanyard and MCP server.
 type stack struct {
@@ -62,15 +57,8 @@ type stack struct {
 }
 
 func TestMCPAuthorization(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test: skipped with -short")
-	}
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(dir)
-	prerequisites(t, dir)
+	dir, root := e2eDirs(t)
+	prerequisites(t, dir, clientFlowPackages...)
 	s := start(t, root, dir)
 
 	t.Run("Discovery", func(t *testing.T) { s.checkDiscovery(t) })
@@ -86,62 +74,14 @@ func TestMCPAuthorization(t *testing.T) {
 	})
 }
 
-// prerequisites skips the test (fails it under CI) when Node, Chromium or
-// the npm packages are missing.
-func prerequisites(t *testing.T, dir string) {
-	t.Helper()
-	var missing []string
-	if _, err := exec.LookPath("node"); err != nil {
-		missing = append(missing, "node")
-	}
-	if _, err := os.Stat(chromiumPath()); err != nil {
-		missing = append(missing, chromiumPath())
-	}
-	for _, p := range []string{"@modelcontextprotocol/sdk", "playwright-core", "express"} {
-		if _, err := os.Stat(filepath.Join(dir, "node_modules", p, "package.json")); err != nil {
-			missing = append(missing, "e2e/node_modules/"+p)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("end-to-end test needs %s: run the tests with `make test` (scripts/setup.sh installs them)", strings.Join(missing, ", "))
-	if testenv.InCI() {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-func chromiumPath() string {
-	if p := os.Getenv("CHROMIUM_PATH"); p != "" {
-		return p
-	}
-	return "/usr/bin/chromium"
-}
-
 // start builds and starts Lanyard and the MCP server; both are killed when
 // the test ends, and their output is shown if it failed.
 func start(t *testing.T, root, dir string) *stack {
 	t.Helper()
 	tmp := t.TempDir()
-	// E2E_LANYARD_BIN runs a given binary (a release build, say) instead.
-	bin := os.Getenv("E2E_LANYARD_BIN")
-	if bin == "" {
-		bin = filepath.Join(tmp, "lanyard")
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/lanyard")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go build ./cmd/lanyard: %v\n%s", err, out)
-		}
-	}
-
+	bin := lanyardBin(t, root, tmp)
 	ca, cert, key := writeTLS(t, tmp)
-	lanyardPort, mcpPort := testenv.FreePort(t), testenv.FreePort(t)
-	for mcpPort == lanyardPort {
-		mcpPort = testenv.FreePort(t)
-	}
+	lanyardPort, mcpPort := freePorts(t)
 	s := &stack{
 		dir:      dir,
 		issuer:   "http://" + testenv.Addr(lanyardPort),
@@ -149,15 +89,11 @@ func start(t *testing.T, root, dir string) *stack {
 		password: randomHex(t, 12),
 		tlsCert:  cert,
 		tlsKey:   key,
-		shots:    os.Getenv("E2E_SCREENSHOT_DIR"),
-	}
-	if s.shots == "" {
-		s.shots = filepath.Join(tmp, "screenshots")
+		shots:    artifactDir(tmp),
 	}
 	secret := randomHex(t, 32)
 
-	cfgPath := filepath.Join(tmp, "lanyard.yaml")
-	cfg := fmt.Sprintf(`# written by e2e_test.go
+	cfgPath := writeConfig(t, tmp, fmt.Sprintf(`# written by e2e_test.go
 resources:
   - id: %s
     uri: %s
@@ -166,24 +102,18 @@ resources:
     client_secret: ${E2E_MCP_SECRET}
 oauth:
   registration: {enabled: true}
-`, mcpClientID, s.mcpURL, mcpName)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, mcpClientID, s.mcpURL, mcpName))
 
-	lanyard := exec.Command(bin, "dev", "--addr", testenv.Addr(lanyardPort), "--data", filepath.Join(tmp, "data"), "--config", cfgPath)
 	// A clean environment: no Vault from `make test` (dev mode would use it),
 	// and the test CA as the only trusted root so Lanyard can fetch the
 	// client's metadata document from its https loopback server.
-	lanyard.Env = append(baseEnv(),
+	testenv.Start(t, lanyardDev(bin, lanyardPort, filepath.Join(tmp, "data"), cfgPath,
 		"LANYARD_BOOTSTRAP_USER="+username,
 		"LANYARD_BOOTSTRAP_PASSWORD="+s.password,
 		"E2E_MCP_SECRET="+secret,
 		"SSL_CERT_FILE="+ca,
-	)
-	testenv.Start(t, lanyard)
-	testenv.WaitTCP(t, testenv.Addr(lanyardPort), startTimeout)
-	waitHTTP(t, s.issuer+"/.well-known/oauth-authorization-server", startTimeout)
+	))
+	waitReady(t, lanyardPort, s.issuer+"/.well-known/oauth-authorization-server")
 
 	mcp := exec.Command("node", "mcp-server.mjs")
 	mcp.Dir = dir
@@ -196,42 +126,6 @@ oauth:
 	testenv.Start(t, mcp)
 	testenv.WaitTCP(t, testenv.Addr(mcpPort), startTimeout)
 	return s
-}
-
-// baseEnv is the test's environment without the variables that would change
-// what the processes under test connect to.
-func baseEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		name, _, _ := strings.Cut(kv, "=")
-		return strings.HasPrefix(name, "VAULT_") || strings.HasPrefix(name, "LANYARD_") ||
-			strings.HasPrefix(name, "SSL_CERT_") || strings.HasPrefix(name, "E2E_") ||
-			name == "HTTP_PROXY" || name == "HTTPS_PROXY" || name == "http_proxy" || name == "https_proxy" ||
-			name == "NODE_OPTIONS"
-	})
-}
-
-// waitHTTP waits until url answers 200, failing with the last answer when
-// it does not within timeout.
-func waitHTTP(t *testing.T, url string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: 5 * time.Second}
-	var last string
-	for time.Now().Before(deadline) {
-		resp, err := c.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, body)
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("GET %s did not answer 200 within %v; last answer: %s", url, timeout, last)
 }
 
 func getJSON(t *testing.T, url string, v any) {
@@ -342,69 +236,20 @@ type flowResult struct {
 	Screenshots []string `json:"screenshots"`
 }
 
-// runFlow runs `node client-flow.mjs args...` (bounded by flowTimeout, its
-// process group killed afterwards) and returns its RESULT; it fails the
-// test with the script's reason and log otherwise.
+// runFlow runs `node client-flow.mjs args...` and returns its RESULT; it
+// fails the test with the script's reason and log otherwise.
 func (s *stack) runFlow(t *testing.T, args ...string) flowResult {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), flowTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "node", append([]string{"client-flow.mjs"}, args...)...)
-	cmd.Dir = s.dir
-	cmd.Env = append(baseEnv(),
-		"MCP_URL="+s.mcpURL,
-		"LANYARD_ISSUER="+s.issuer,
-		"E2E_USERNAME="+username,
-		"E2E_PASSWORD="+s.password,
-		"E2E_TLS_CERT="+s.tlsCert,
-		"E2E_TLS_KEY="+s.tlsKey,
-		"E2E_SCREENSHOT_DIR="+s.shots,
-		"CHROMIUM_PATH="+chromiumPath(),
-		fmt.Sprintf("E2E_TIMEOUT_MS=%d", (flowTimeout-15*time.Second).Milliseconds()),
-	)
-	// Its own process group, killed whole (Chromium included) on timeout.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // any stray Chromium
-	}
-	var result, failure string
-	sc := bufio.NewScanner(&stdout)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if r, ok := strings.CutPrefix(line, "RESULT "); ok {
-			result = r
-		} else if f, ok := strings.CutPrefix(line, "FAIL "); ok {
-			failure = f
-		}
-	}
-	if err != nil || result == "" {
-		var ee *exec.ExitError
-		switch {
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			failure = fmt.Sprintf("killed after %v; %s", flowTimeout, failure)
-		case errors.As(err, &ee) && failure == "":
-			failure = ee.String()
-		case failure == "":
-			failure = fmt.Sprint("no RESULT line: ", err)
-		}
-		t.Fatalf("client-flow %s failed: %s\n--- client-flow log:\n%s", strings.Join(args, " "), failure, stderr.String())
-	}
-	t.Logf("client-flow %s log:\n%s", strings.Join(args, " "), stderr.String())
-
-	t.Logf("RESULT %s", result)
 	var r flowResult
-	if err := json.Unmarshal([]byte(result), &r); err != nil {
-		t.Fatalf("RESULT line: %v: %s", err, result)
-	}
-	for _, p := range r.Screenshots {
-		t.Logf("screenshot: %s", p)
-	}
+	runScript(t, s.dir, []string{
+		"MCP_URL=" + s.mcpURL,
+		"LANYARD_ISSUER=" + s.issuer,
+		"E2E_USERNAME=" + username,
+		"E2E_PASSWORD=" + s.password,
+		"E2E_TLS_CERT=" + s.tlsCert,
+		"E2E_TLS_KEY=" + s.tlsKey,
+		"E2E_SCREENSHOT_DIR=" + s.shots,
+	}, &r, "client-flow.mjs", args...)
 	if !r.OK || r.Mode != args[0] {
 		t.Fatalf("result ok=%v mode=%q, want true %q", r.OK, r.Mode, args[0])
 	}
@@ -470,15 +315,6 @@ func audienceIs(aud any, want string) bool {
 		return len(a) == 1 && a[0] == want
 	}
 	return false
-}
-
-func randomHex(t *testing.T, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
 }
 
 // writeTLS writes a throwaway CA and a certificate for 127.0.0.1 signed by

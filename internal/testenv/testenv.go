@@ -25,6 +25,16 @@ import (
 // InCI reports whether the tests run under CI (the CI variable is set).
 func InCI() bool { return os.Getenv("CI") != "" }
 
+// Missing fails the test under CI with msg, which says what is missing, and
+// skips it otherwise.
+func Missing(tb testing.TB, msg string) {
+	tb.Helper()
+	if InCI() {
+		tb.Fatal(msg)
+	}
+	tb.Skip(msg)
+}
+
 // Need returns the value of each environment variable in names. If any is
 // missing the test fails under CI and is skipped otherwise.
 func Need(tb testing.TB, what string, names ...string) []string {
@@ -33,11 +43,7 @@ func Need(tb testing.TB, what string, names ...string) []string {
 	for i, n := range names {
 		vals[i] = os.Getenv(n)
 		if vals[i] == "" {
-			msg := what + " is not available: " + n + " is not set (run the tests with `make test`)"
-			if InCI() {
-				tb.Fatal(msg)
-			}
-			tb.Skip(msg)
+			Missing(tb, what+" is not available: "+n+" is not set (run the tests with `make test`)")
 		}
 	}
 	return vals
