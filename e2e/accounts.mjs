@@ -35,57 +35,11 @@
 //   E2E_SCREENSHOT_DIR          where the screenshots go (required)
 //   CHROMIUM_PATH               default /usr/bin/chromium
 //   E2E_TIMEOUT_MS              bound on the whole run, default 150000
-import fs from 'node:fs';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  camera, isLoopback, need, openBrowser, pageText, recordProblems, script, short, signIn,
+} from './lib.mjs';
 
-const STEP_TIMEOUT_MS = 20_000;
-// As in client-flow.mjs.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-
-const log = (...a) => console.error('accounts:', ...a);
-const cleanups = [];
-let finished = false;
-
-async function finish(code, line) {
-  if (finished) return;
-  finished = true;
-  for (const c of cleanups.reverse()) {
-    try {
-      await Promise.race([c(), new Promise(r => setTimeout(r, 5000))]);
-    } catch {
-      // best effort
-    }
-  }
-  console.log(line);
-  process.exit(code);
-}
-const fail = reason => finish(1, `FAIL ${reason}`);
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-const isLoopback = u => ['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname);
-const short = u => {
-  try {
-    const x = new URL(u);
-    return `${x.origin}${x.pathname}`; // never the query (codes, states)
-  } catch {
-    return String(u).slice(0, 200);
-  }
-};
+const { log, cleanups, run } = script('accounts');
 
 async function main() {
   const base = need('LANYARD_URL').replace(/\/$/, '');
@@ -106,7 +60,6 @@ async function main() {
   const idpUser = need('E2E_IDP_USER');
   const apiKey = need('E2E_API_KEY');
   const shotDir = need('E2E_SCREENSHOT_DIR');
-  fs.mkdirSync(shotDir, { recursive: true });
   const secrets = [password, imapPassword, imapWrong, apiKey];
 
   // What the run must not see, and the one answer it expects to be an error.
@@ -116,16 +69,7 @@ async function main() {
   let expectWrongPassword = false;
   let wrongPasswordAnswered = 0;
 
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
-  cleanups.push(() => browser.close());
-  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
+  const context = await openBrowser(cleanups);
 
   // No network in the sandbox: answer every non-loopback request here.
   await context.route(
@@ -145,47 +89,35 @@ async function main() {
     },
   );
   context.on('request', r => requests.push(`${r.method()} ${short(r.url())}`));
-  context.on('requestfailed', r => {
-    problems.push(`request failed: ${r.method()} ${short(r.url())}: ${r.failure()?.errorText ?? 'unknown'}`);
-  });
-  context.on('response', r => {
-    const req = r.request();
-    const u = new URL(r.url());
-    log(`${req.method()} ${short(r.url())} -> ${r.status()}`);
-    if (r.status() < 400) return;
-    if (expectWrongPassword && r.status() === 400 && req.method() === 'POST' &&
-        u.origin === baseOrigin && u.pathname === '/accounts/link') {
-      expectWrongPassword = false;
-      wrongPasswordAnswered += 1;
-      return;
-    }
-    problems.push(`HTTP ${r.status()} for ${req.method()} ${short(r.url())}`);
-  });
+  context.on('response', r => log(`${r.request().method()} ${short(r.url())} -> ${r.status()}`));
   const page = await context.newPage();
   let wrongPasswordConsole = 0;
-  page.on('console', m => {
-    if (m.type() !== 'error') return;
+  recordProblems(context, page, problems, {
+    allowResponse: r => {
+      const req = r.request();
+      const u = new URL(r.url());
+      if (expectWrongPassword && r.status() === 400 && req.method() === 'POST' &&
+          u.origin === baseOrigin && u.pathname === '/accounts/link') {
+        expectWrongPassword = false;
+        wrongPasswordAnswered += 1;
+        return true;
+      }
+      return false;
+    },
     // Chromium reports the deliberate 400 document as a console error too:
     // allowed once, for exactly that answer.
-    if ((expectWrongPassword || wrongPasswordAnswered === 1) && wrongPasswordConsole === 0 &&
-        m.text() === 'Failed to load resource: the server responded with a status of 400 (Bad Request)' &&
-        m.location()?.url === `${base}/accounts/link`) {
-      wrongPasswordConsole += 1;
-      return;
-    }
-    const where = m.location()?.url ? ` (at ${short(m.location().url)})` : '';
-    problems.push(`console error: ${m.text().slice(0, 300)}${where}`);
+    allowConsole: m => {
+      if ((expectWrongPassword || wrongPasswordAnswered === 1) && wrongPasswordConsole === 0 &&
+          m.text() === 'Failed to load resource: the server responded with a status of 400 (Bad Request)' &&
+          m.location()?.url === `${base}/accounts/link`) {
+        wrongPasswordConsole += 1;
+        return true;
+      }
+      return false;
+    },
   });
-  page.on('pageerror', e => problems.push(`page error: ${String(e?.message ?? e).slice(0, 300)}`));
-  page.on('crash', () => problems.push('the page crashed'));
 
-  const screenshots = [];
-  const shot = async name => {
-    const file = path.join(shotDir, `accounts-${String(screenshots.length + 1).padStart(2, '0')}-${name}.png`);
-    await page.screenshot({ path: file, fullPage: true, timeout: 10_000 });
-    screenshots.push(file);
-    log(`screenshot ${file}`);
-  };
+  const { shot, screenshots, failure } = camera(page, shotDir, 'accounts', log);
   // Text and markup of the page must never hold a password or key.
   const noSecretsOnPage = async where => {
     const html = await page.content();
@@ -211,11 +143,8 @@ async function main() {
     await page.waitForSelector('input[name=username]');
     if (!(await page.title()).includes('Sign in')) throw new Error(`signed-out /accounts shows "${await page.title()}", want the sign-in page`);
     await shot('login');
-    await page.fill('input[name=username]', username);
-    await page.fill('input[name=password]', password);
     at('signing in');
-    await page.click('button#login');
-    await page.waitForURL(u => u.origin === baseOrigin && u.pathname !== '/login');
+    await signIn(page, baseOrigin, username, password);
     if (new URL(page.url()).pathname !== '/accounts') {
       at(`opening /accounts after signing in (landed on ${new URL(page.url()).pathname})`);
       await page.goto(`${base}/accounts`);
@@ -373,26 +302,11 @@ async function main() {
       screenshots,
     };
   } catch (e) {
-    let summary = '';
-    try {
-      summary = (await page.innerText('body', { timeout: 2000 })).replace(/\s+/g, ' ').slice(0, 500);
-    } catch {
-      // no page text
-    }
-    try {
-      await page.screenshot({ path: path.join(shotDir, 'accounts-failure.png'), fullPage: true, timeout: 5000 });
-      log(`screenshot ${path.join(shotDir, 'accounts-failure.png')}`);
-    } catch {
-      // best effort
-    }
+    const summary = await pageText(page, 500);
+    await failure();
     const extra = problems.length > 0 ? ` [browser problems: ${problems.join('; ')}]` : '';
     throw new Error(`${step}: ${String(e?.message ?? e).split('\n')[0]} (page ${short(page.url())} says: ${summary})${extra}`);
   }
 }
 
-const overall = Number(process.env.E2E_TIMEOUT_MS || 150_000);
-setTimeout(() => fail(`the whole run took longer than ${overall} ms`), overall);
-main().then(
-  r => finish(0, `RESULT ${JSON.stringify(r)}`),
-  e => fail((e?.message ?? String(e)).replace(/\s*\n\s*/g, ' ')),
-);
+run(main, 150_000, 'run');

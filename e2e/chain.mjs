@@ -41,147 +41,23 @@
 //   E2E_SCREENSHOT_DIR          where the screenshots go (required)
 //   CHROMIUM_PATH               default /usr/bin/chromium
 //   E2E_TIMEOUT_MS              bound on the whole run, default 150000
-import http from 'node:http';
-import fs from 'node:fs';
-import path from 'node:path';
-import crypto from 'node:crypto';
-import { chromium } from 'playwright-core';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import {
+  MemoryProvider, STEP_TIMEOUT_MS, camera, isLoopback, logResponses, need, openBrowser, pageText,
+  recordProblems, script, short, signIn, startCallbackServer, withTimeout,
+} from './lib.mjs';
 
-const STEP_TIMEOUT_MS = 20_000;
-// As in client-flow.mjs.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
 const CLIENT_NAME = 'Lanyard chain test agent';
 
-const log = (...a) => console.error('chain:', ...a);
-const cleanups = [];
-let finished = false;
+const { log, cleanups, run } = script('chain');
 
-async function finish(code, line) {
-  if (finished) return;
-  finished = true;
-  for (const c of cleanups.reverse()) {
-    try {
-      await Promise.race([c(), new Promise(r => setTimeout(r, 5000))]);
-    } catch {
-      // best effort
-    }
-  }
-  console.log(line);
-  process.exit(code);
-}
-const fail = reason => finish(1, `FAIL ${reason}`);
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-function withTimeout(promise, ms, what) {
-  let t;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      t = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-
-const isLoopback = u => ['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname);
-const short = u => {
-  try {
-    const x = new URL(u);
-    return `${x.origin}${x.pathname}`; // never the query (codes, states)
-  } catch {
-    return String(u).slice(0, 200);
-  }
-};
-
-// The loopback redirect target (RFC 8252 §7.3); resolves the first request
-// to /callback with its query parameters.
-async function startCallbackServer() {
-  let deliver;
-  const received = new Promise(r => (deliver = r));
-  const server = http.createServer((req, res) => {
-    const u = new URL(req.url, 'http://127.0.0.1');
-    if (u.pathname !== '/callback') {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
-    res.end('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Signed in</title><link rel="icon" href="data:,"></head><body><p id="done">You can close this window.</p></body></html>');
-    deliver(Object.fromEntries(u.searchParams));
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  cleanups.push(() => new Promise(r => server.close(r)));
-  return { url: `http://127.0.0.1:${server.address().port}/callback`, received };
-}
-
-// An in-memory OAuthClientProvider, as a real agent keeps one per server.
-class ChainProvider {
-  constructor(redirectUrl, clientMetadata) {
-    this._redirectUrl = redirectUrl;
-    this._clientMetadata = clientMetadata;
-    this._state = crypto.randomBytes(16).toString('base64url');
-    this.authorizationUrl = undefined;
-    this.authorizationStarts = 0;
-    this.savedClient = undefined;
-    this.savedTokens = undefined;
-    this.invalidated = [];
-    this._verifier = undefined;
-  }
-  get redirectUrl() {
-    return this._redirectUrl;
-  }
-  get clientMetadata() {
-    return this._clientMetadata;
-  }
-  state() {
-    return this._state;
-  }
-  clientInformation() {
-    return this.savedClient;
-  }
-  saveClientInformation(info) {
-    log(`saveClientInformation client_id=${info.client_id}`);
-    this.savedClient = info;
-  }
-  tokens() {
-    return this.savedTokens;
-  }
-  saveTokens(tokens) {
-    log(`saveTokens token_type=${tokens.token_type} scope=${tokens.scope ?? ''} expires_in=${tokens.expires_in ?? ''} refresh=${!!tokens.refresh_token}`);
-    this.savedTokens = tokens;
-  }
-  redirectToAuthorization(url) {
-    log(`redirectToAuthorization ${url.origin}${url.pathname}`);
-    this.authorizationUrl = url;
-    this.authorizationStarts += 1;
-  }
-  saveCodeVerifier(v) {
-    this._verifier = v;
-  }
-  codeVerifier() {
-    if (!this._verifier) throw new Error('no code verifier saved');
-    return this._verifier;
-  }
-  // What a real client does when the authorization server refuses its
-  // refresh token (invalid_grant): forget the tokens and sign in anew.
+// The agent's provider, which also does what a real client does when the
+// authorization server refuses its refresh token (invalid_grant): forget
+// the tokens and sign in anew.
+class ChainProvider extends MemoryProvider {
+  invalidated = [];
   invalidateCredentials(scope) {
     log(`invalidateCredentials ${scope}`);
     this.invalidated.push(scope);
@@ -205,7 +81,6 @@ async function main() {
   const expectSubject = need('E2E_EXPECT_SUBJECT');
   const expectBody = need('E2E_EXPECT_BODY');
   const shotDir = need('E2E_SCREENSHOT_DIR');
-  fs.mkdirSync(shotDir, { recursive: true });
   const secrets = [password, imapPassword];
 
   // Every request the MCP SDK makes: method, URL without query, status, and
@@ -232,16 +107,7 @@ async function main() {
 
   // The browser, with the checks of accounts.mjs.
   const problems = [];
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
-  cleanups.push(() => browser.close());
-  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
+  const context = await openBrowser(cleanups);
   // No network in the sandbox, and Lanyard's pages must need none.
   await context.route(
     u => !isLoopback(u),
@@ -250,29 +116,10 @@ async function main() {
       await route.fulfill({ status: 200, contentType: 'text/plain', body: '' });
     },
   );
-  context.on('requestfailed', r => {
-    problems.push(`request failed: ${r.method()} ${short(r.url())}: ${r.failure()?.errorText ?? 'unknown'}`);
-  });
-  context.on('response', r => {
-    log(`browser ${r.request().method()} ${short(r.url())} -> ${r.status()}`);
-    if (r.status() >= 400) problems.push(`HTTP ${r.status()} for ${r.request().method()} ${short(r.url())}`);
-  });
+  logResponses(context, log);
   const page = await context.newPage();
-  page.on('console', m => {
-    if (m.type() !== 'error') return;
-    const where = m.location()?.url ? ` (at ${short(m.location().url)})` : '';
-    problems.push(`console error: ${m.text().slice(0, 300)}${where}`);
-  });
-  page.on('pageerror', e => problems.push(`page error: ${String(e?.message ?? e).slice(0, 300)}`));
-  page.on('crash', () => problems.push('the page crashed'));
-
-  const screenshots = [];
-  const shot = async name => {
-    const file = path.join(shotDir, `chain-${String(screenshots.length + 1).padStart(2, '0')}-${name}.png`);
-    await page.screenshot({ path: file, fullPage: true, timeout: 10_000 });
-    screenshots.push(file);
-    log(`screenshot ${file}`);
-  };
+  recordProblems(context, page, problems);
+  const { shot, screenshots, failure } = camera(page, shotDir, 'chain', log);
   const noSecretsOnPage = async where => {
     const html = await page.content();
     for (const s of secrets) {
@@ -284,10 +131,7 @@ async function main() {
   const signInIfAsked = async name => {
     if ((await page.locator('input[name=username]').count()) === 0) return false;
     await shot(`login-${name}`);
-    await page.fill('input[name=username]', username);
-    await page.fill('input[name=password]', password);
-    await page.click('button#login');
-    await page.waitForURL(u => !(u.origin === baseOrigin && u.pathname === '/login'));
+    await signIn(page, baseOrigin, username, password);
     return true;
   };
 
@@ -325,13 +169,17 @@ async function main() {
 
     // 2. The agent: 401 → discovery → registration → authorization URL.
     at('first MCP request (expecting 401)');
-    const callback = await startCallbackServer();
-    const provider = new ChainProvider(callback.url, {
-      client_name: CLIENT_NAME,
-      redirect_uris: [callback.url],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
+    const callback = await startCallbackServer(cleanups);
+    const provider = new ChainProvider({
+      redirectUrl: callback.url,
+      clientMetadata: {
+        client_name: CLIENT_NAME,
+        redirect_uris: [callback.url],
+        grant_types: ['authorization_code', 'refresh_token'],
+        response_types: ['code'],
+        token_endpoint_auth_method: 'none',
+      },
+      log,
     });
     const first = new StreamableHTTPClientTransport(mcpUrl, { authProvider: provider, fetch: loggingFetch });
     const client1 = new Client({ name: 'lanyard-chain', version: '1.0.0' });
@@ -458,25 +306,11 @@ async function main() {
     result.screenshots = screenshots;
     return result;
   } catch (e) {
-    let summary = '';
-    try {
-      summary = (await page.innerText('body', { timeout: 2000 })).replace(/\s+/g, ' ').slice(0, 500);
-    } catch {
-      // no page text
-    }
-    try {
-      await page.screenshot({ path: path.join(shotDir, 'chain-failure.png'), fullPage: true, timeout: 5000 });
-    } catch {
-      // best effort
-    }
+    const summary = await pageText(page, 500);
+    await failure();
     const extra = problems.length > 0 ? ` [browser problems: ${problems.join('; ')}]` : '';
     throw new Error(`${step}: ${String(e?.message ?? e).split('\n')[0]} (page ${short(page.url())} says: ${summary})${extra}`);
   }
 }
 
-const overall = Number(process.env.E2E_TIMEOUT_MS || 150_000);
-setTimeout(() => fail(`the whole run took longer than ${overall} ms`), overall);
-main().then(
-  r => finish(0, `RESULT ${JSON.stringify(r)}`),
-  e => fail((e?.message ?? String(e)).replace(/\s*\n\s*/g, ' ')),
-);
+run(main, 150_000, 'run');

@@ -29,89 +29,17 @@
 //   E2E_SCREENSHOT_DIR  where to save screenshots of the login and consent pages (optional)
 //   CHROMIUM_PATH       default /usr/bin/chromium
 //   E2E_TIMEOUT_MS      bound on the whole flow, default 120000
-import http from 'node:http';
 import https from 'node:https';
 import fs from 'node:fs';
-import path from 'node:path';
-import crypto from 'node:crypto';
-import { chromium } from 'playwright-core';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import {
+  MemoryProvider, STEP_TIMEOUT_MS, camera, listen, logResponses, need, openBrowser, pageText, script,
+  signIn, startCallbackServer, withTimeout,
+} from './lib.mjs';
 
-const STEP_TIMEOUT_MS = 20_000;
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
-
-const log = (...a) => console.error('client-flow:', ...a);
-const cleanups = [];
-let finished = false;
-
-async function finish(code, line) {
-  if (finished) return;
-  finished = true;
-  for (const c of cleanups.reverse()) {
-    try {
-      await Promise.race([c(), new Promise(r => setTimeout(r, 5000))]);
-    } catch {
-      // best effort
-    }
-  }
-  console.log(line);
-  process.exit(code);
-}
-const fail = reason => finish(1, `FAIL ${reason}`);
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-}
-
-function withTimeout(promise, ms, what) {
-  let t;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      t = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-
-function listen(server) {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
-  });
-}
-
-// The loopback redirect target (RFC 8252 §7.3). It resolves the first
-// request to /callback with its query parameters.
-async function startCallbackServer() {
-  let deliver;
-  const received = new Promise(r => (deliver = r));
-  const server = http.createServer((req, res) => {
-    const u = new URL(req.url, 'http://127.0.0.1');
-    if (u.pathname !== '/callback') {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
-    res.end('<!doctype html><title>Signed in</title><p id="done">You can close this window.</p>');
-    deliver(Object.fromEntries(u.searchParams));
-  });
-  const port = await listen(server);
-  cleanups.push(() => new Promise(r => server.close(r)));
-  return { url: `http://127.0.0.1:${port}/callback`, received };
-}
+const { log, cleanups, run } = script('client-flow');
 
 // Serves the Client ID Metadata Document over https on loopback. Lanyard in
 // dev mode may fetch from loopback; it trusts the test's CA (SSL_CERT_FILE).
@@ -134,56 +62,6 @@ async function startCimdServer(metadataFor) {
   return { url: `https://127.0.0.1:${port}/oauth/client-metadata.json`, fetches };
 }
 
-// An in-memory OAuthClientProvider: one session, one MCP server.
-class E2EProvider {
-  constructor({ redirectUrl, clientMetadata, clientMetadataUrl }) {
-    this._redirectUrl = redirectUrl;
-    this._clientMetadata = clientMetadata;
-    if (clientMetadataUrl) this.clientMetadataUrl = clientMetadataUrl;
-    this._state = crypto.randomBytes(16).toString('base64url');
-    this.authorizationUrl = undefined;
-    this.savedClient = undefined;
-    this.savedTokens = undefined;
-    this._verifier = undefined;
-  }
-  get redirectUrl() {
-    return this._redirectUrl;
-  }
-  get clientMetadata() {
-    return this._clientMetadata;
-  }
-  state() {
-    return this._state;
-  }
-  clientInformation() {
-    return this.savedClient;
-  }
-  saveClientInformation(info) {
-    log(`saveClientInformation client_id=${info.client_id}`);
-    this.savedClient = info;
-  }
-  tokens() {
-    return this.savedTokens;
-  }
-  saveTokens(tokens) {
-    log(`saveTokens token_type=${tokens.token_type} scope=${tokens.scope ?? ''} expires_in=${tokens.expires_in ?? ''} refresh=${!!tokens.refresh_token}`);
-    this.savedTokens = tokens;
-  }
-  redirectToAuthorization(url) {
-    // Only recorded: the browser is driven once connect() has failed with
-    // UnauthorizedError, as a real client would open the system browser.
-    log(`redirectToAuthorization ${url.origin}${url.pathname}`);
-    this.authorizationUrl = url;
-  }
-  saveCodeVerifier(v) {
-    this._verifier = v;
-  }
-  codeVerifier() {
-    if (!this._verifier) throw new Error('no code verifier saved');
-    return this._verifier;
-  }
-}
-
 // fetch that logs every request the SDK makes (method, URL without query, status).
 const loggingFetch = async (input, init) => {
   const url = new URL(input instanceof Request ? input.url : String(input));
@@ -200,55 +78,23 @@ function decodeJwt(token) {
   return { header: dec(parts[0]), claims: dec(parts[1]) };
 }
 
-async function pageSummary(page) {
-  try {
-    const text = (await page.innerText('body', { timeout: 2000 })).replace(/\s+/g, ' ').slice(0, 600);
-    return `page ${page.url()} says: ${text}`;
-  } catch {
-    return `page ${page.url()}`;
-  }
-}
-
-async function screenshot(page, name) {
-  const dir = process.env.E2E_SCREENSHOT_DIR;
-  if (!dir) return undefined;
-  fs.mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, name);
-  await page.screenshot({ path: file, fullPage: true, timeout: 5000 });
-  log(`screenshot ${file}`);
-  return file;
-}
-
 // Drives Lanyard's login and consent pages; returns the callback parameters.
 async function authorizeInBrowser({ authorizationUrl, callback, username, password, mode, expect, deny }) {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
-  cleanups.push(() => browser.close());
-  const context = await browser.newContext();
+  const context = await openBrowser(cleanups);
+  logResponses(context, log);
   const page = await context.newPage();
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  page.on('response', r => {
-    const u = new URL(r.url());
-    log(`browser ${r.request().method()} ${u.origin}${u.pathname} -> ${r.status()}`);
-  });
-  const screenshots = [];
+  const { shot, screenshots, failure } = camera(page, process.env.E2E_SCREENSHOT_DIR, 'client-flow', log);
   let step = 'opening the authorization URL';
   try {
     await page.goto(authorizationUrl.href);
     step = 'waiting for the login form';
     await page.waitForSelector('input[name=username]');
-    screenshots.push(await screenshot(page, `login-${mode}.png`));
-    await page.fill('input[name=username]', username);
-    await page.fill('input[name=password]', password);
+    await shot(`login-${mode}`);
     step = 'submitting the login form';
-    await page.click('button#login');
+    await signIn(page, new URL(authorizationUrl).origin, username, password);
     step = 'waiting for the consent page';
     await page.waitForSelector('button#approve');
-    screenshots.push(await screenshot(page, `consent-${mode}.png`));
+    await shot(`consent-${mode}`);
     const consentText = await page.innerText('body');
     for (const want of expect.consentShows) {
       if (!consentText.includes(want)) {
@@ -259,11 +105,11 @@ async function authorizeInBrowser({ authorizationUrl, callback, username, passwo
     await page.click(deny ? 'button#deny' : 'button#approve');
     const params = await withTimeout(callback.received, STEP_TIMEOUT_MS, 'redirect to the loopback callback');
     await page.waitForSelector('#done').catch(() => {});
-    return { params, screenshots: screenshots.filter(Boolean) };
+    return { params, screenshots };
   } catch (e) {
-    const summary = await pageSummary(page);
-    await screenshot(page, `failure-${mode}.png`).catch(() => {});
-    throw new Error(`browser: ${step}: ${e.message.split('\n')[0]} (${summary})`);
+    const summary = await pageText(page, 600);
+    await failure();
+    throw new Error(`browser: ${step}: ${e.message.split('\n')[0]} (page ${page.url()} says: ${summary})`);
   }
 }
 
@@ -278,7 +124,7 @@ async function main() {
   const username = need('E2E_USERNAME');
   const password = need('E2E_PASSWORD');
 
-  const callback = await startCallbackServer();
+  const callback = await startCallbackServer(cleanups);
   const clientName = `Lanyard E2E client (${mode}${deny ? ', denied' : ''})`;
   const clientMetadata = {
     client_name: clientName,
@@ -291,7 +137,7 @@ async function main() {
   if (mode === 'cimd') {
     cimd = await startCimdServer(url => ({ client_id: url, ...clientMetadata }));
   }
-  const provider = new E2EProvider({ redirectUrl: callback.url, clientMetadata, clientMetadataUrl: cimd?.url });
+  const provider = new MemoryProvider({ redirectUrl: callback.url, clientMetadata, clientMetadataUrl: cimd?.url, log });
 
   // 1. First contact: 401 → discovery → registration or CIMD → authorization URL.
   const first = new StreamableHTTPClientTransport(mcpUrl, { authProvider: provider, fetch: loggingFetch });
@@ -366,9 +212,4 @@ async function main() {
   };
 }
 
-const overall = Number(process.env.E2E_TIMEOUT_MS || 120_000);
-setTimeout(() => fail(`the whole flow took longer than ${overall} ms`), overall);
-main().then(
-  r => finish(0, `RESULT ${JSON.stringify(r)}`),
-  e => fail((e?.message ?? String(e)).replace(/\s*\n\s*/g, ' ')),
-);
+run(main, 120_000, 'flow');
