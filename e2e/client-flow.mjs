@@ -83,18 +83,18 @@ async function authorizeInBrowser({ authorizationUrl, callback, username, passwo
   const context = await openBrowser(cleanups);
   logResponses(context, log);
   const page = await context.newPage();
-  const { shot, screenshots, failure } = camera(page, process.env.E2E_SCREENSHOT_DIR, 'client-flow', log);
+  const { shot, screenshots, failure } = camera(page, process.env.E2E_SCREENSHOT_DIR, `client-flow-${mode}`, log);
   let step = 'opening the authorization URL';
   try {
     await page.goto(authorizationUrl.href);
     step = 'waiting for the login form';
     await page.waitForSelector('input[name=username]');
-    await shot(`login-${mode}`);
+    await shot('login');
     step = 'submitting the login form';
     await signIn(page, new URL(authorizationUrl).origin, username, password);
     step = 'waiting for the consent page';
     await page.waitForSelector('button#approve');
-    await shot(`consent-${mode}`);
+    await shot('consent');
     const consentText = await page.innerText('body');
     for (const want of expect.consentShows) {
       if (!consentText.includes(want)) {
