@@ -640,6 +640,8 @@ func (r *benchRun) child(ctx context.Context, exe, logName string, args ...strin
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), "VAULT_ADDR="+r.vaultAddr, "VAULT_TOKEN="+r.vaultToken)
 	cmd.Stderr = logf
+	// The children die with the load generator, however it ends (Linux).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, "", err
