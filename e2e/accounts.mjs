@@ -36,7 +36,7 @@
 //   CHROMIUM_PATH               default /usr/bin/chromium
 //   E2E_TIMEOUT_MS              bound on the whole run, default 150000
 import {
-  camera, isLoopback, need, openBrowser, pageText, recordProblems, script, short, signIn,
+  camera, failedAt, isLoopback, need, openBrowser, recordProblems, script, short, signIn,
 } from './lib.mjs';
 
 const { log, cleanups, run } = script('accounts');
@@ -302,10 +302,7 @@ async function main() {
       screenshots,
     };
   } catch (e) {
-    const summary = await pageText(page, 500);
-    await failure();
-    const extra = problems.length > 0 ? ` [browser problems: ${problems.join('; ')}]` : '';
-    throw new Error(`${step}: ${String(e?.message ?? e).split('\n')[0]} (page ${short(page.url())} says: ${summary})${extra}`);
+    throw await failedAt(step, e, page, failure, problems);
   }
 }
 

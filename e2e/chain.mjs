@@ -45,7 +45,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 import {
-  MemoryProvider, STEP_TIMEOUT_MS, camera, isLoopback, logResponses, need, openBrowser, pageText,
+  MemoryProvider, STEP_TIMEOUT_MS, camera, failedAt, isLoopback, logResponses, need, openBrowser,
   recordProblems, script, short, signIn, startCallbackServer, withTimeout,
 } from './lib.mjs';
 
@@ -306,10 +306,7 @@ async function main() {
     result.screenshots = screenshots;
     return result;
   } catch (e) {
-    const summary = await pageText(page, 500);
-    await failure();
-    const extra = problems.length > 0 ? ` [browser problems: ${problems.join('; ')}]` : '';
-    throw new Error(`${step}: ${String(e?.message ?? e).split('\n')[0]} (page ${short(page.url())} says: ${summary})${extra}`);
+    throw await failedAt(step, e, page, failure, problems);
   }
 }
 

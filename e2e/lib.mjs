@@ -247,6 +247,16 @@ export async function pageText(page, n) {
   }
 }
 
+// failedAt saves a failure screenshot (failure of camera) and returns the
+// error of a run whose step failed with e: the first line of e's message,
+// the page and what it says, and the browser problems recorded so far.
+export async function failedAt(step, e, page, failure, problems) {
+  const summary = await pageText(page, 500);
+  await failure();
+  const extra = problems.length > 0 ? ` [browser problems: ${problems.join('; ')}]` : '';
+  return new Error(`${step}: ${String(e?.message ?? e).split('\n')[0]} (page ${short(page.url())} says: ${summary})${extra}`);
+}
+
 // signIn fills in Lanyard's login form on page and waits until the browser
 // has left /login for another page of Lanyard (at origin).
 export async function signIn(page, origin, username, password) {
