@@ -61,6 +61,8 @@ type replicas struct {
 	vaultAddr string
 	vaultTok  string
 	client    *http.Client // trusts the proxy's certificate
+	cluster   *testenv.EtcdCluster
+	cmds      []*exec.Cmd // the replicas' processes (TestReplicaFaults kills and restarts them)
 }
 
 // replicaOptions: dev runs `lanyard dev --config` (only dev mode lets the
@@ -101,6 +103,7 @@ func startReplicas(t *testing.T, o replicaOptions) *replicas {
 		bin: buildLanyard(t), password: randomHex(t, 12), mcpSecret: randomHex(t, 32),
 		etcdEPs: cluster.Endpoints(), prefix: "/lanyard-e2e-" + randomHex(t, 6) + "/",
 		vaultPfx: "lanyard-e2e-" + randomHex(t, 6), vaultAddr: vaultAddr, vaultTok: vaultTok,
+		cluster: cluster,
 	}
 	ports := make([]int, replicaCount)
 	for i := range ports {
@@ -200,6 +203,7 @@ connectors:
 		}
 		cmd.Env = r.env
 		testenv.Start(t, cmd)
+		r.cmds = append(r.cmds, cmd)
 		testenv.WaitTCP(t, testenv.Addr(ports[i]), startTimeout)
 		waitHTTP(t, r.locals[i]+"/readyz", startTimeout)
 	}

@@ -77,8 +77,10 @@ func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.
 	if g.Resource != c.Audience || g.ClientID != c.ClientID || g.UserID != c.Subject {
 		return c, g, oauth.ErrInvalidToken.WithDescription("the access token does not match its grant")
 	}
-	if err := s.sameRegistration(ctx, g); err != nil {
+	if err := s.sameRegistration(ctx, g); errors.Is(err, broker.ErrNotFound) {
 		return c, g, oauth.ErrInvalidToken.WithDescription("the MCP server this token was issued for is no longer registered").WithCause(err)
+	} else if err != nil {
+		return c, g, err // the store failing is not the token's fault
 	}
 	return c, g, nil
 }

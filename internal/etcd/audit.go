@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -42,6 +43,17 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 	if err := a.s.usable(ctx, op); err != nil {
 		return out, err
 	}
+	// A transaction that failed because etcd was unavailable (the member
+	// it went to died, the leader changed) may or may not have committed.
+	// Such attempts are kept in unsure: the next attempt first looks
+	// whether the head is one of them (then it committed, and that is the
+	// answer), else appends again. Each attempt is guarded on the head's
+	// revision, so at most one of them can commit, unless another
+	// replica's record lands between a late commit of an unsure attempt
+	// and the look at the head: then the event is in the chain twice,
+	// never missing.
+	start := time.Now()
+	var unsure []broker.AuditEvent
 	err = a.s.retry(ctx, op, a.headKey(), "", func() (bool, error) {
 		kv, err := a.s.get(ctx, op, a.headKey())
 		if err != nil {
@@ -51,6 +63,12 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 		if kv != nil {
 			if err := json.Unmarshal(kv.Value, &head); err != nil {
 				return false, fmt.Errorf("audit: head unreadable: %w", err)
+			}
+		}
+		for _, u := range unsure {
+			if u.Seq == head.Seq && u.Hash == head.Hash {
+				out = u
+				return true, nil
 			}
 		}
 		ev := e
@@ -73,7 +91,21 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 		p.absent(a.seqKey(ev.Seq))
 		p.put(a.seqKey(ev.Seq), string(rec))
 		p.put(a.headKey(), string(nh))
-		ok, err := a.s.commit(ctx, op, p)
+		// Each try is bounded by attemptTimeout: a proposal that a dying
+		// leader took with it gets no answer until etcd's own request
+		// timeout (several seconds), and every append of this process
+		// waits behind it.
+		actx, cancel := context.WithTimeout(ctx, a.attemptTimeout())
+		ok, err := a.s.commit(actx, op, p)
+		cancel()
+		unsureErr := a.s.transient(ctx, err) || (err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded))
+		if unsureErr && time.Since(start) < a.s.timeout {
+			unsure = append(unsure, ev)
+			if err := sleepCtx(ctx, transientBackoff<<min(len(unsure)-1, 3)); err != nil {
+				return false, fmt.Errorf("etcd %s: %w", op, err)
+			}
+			return false, nil
+		}
 		if ok {
 			out = ev
 		}
@@ -83,6 +115,12 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 		return broker.AuditEvent{}, err
 	}
 	return out, nil
+}
+
+// attemptTimeout bounds one transaction of Append: a fifth of
+// RequestTimeout, at least 500 ms.
+func (a auditLog) attemptTimeout() time.Duration {
+	return max(a.s.timeout/5, 500*time.Millisecond)
 }
 
 // Range implements broker.AuditLog.

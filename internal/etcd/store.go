@@ -361,6 +361,47 @@ func (s *Store) call(ctx context.Context, op string, fn func(ctx context.Context
 	return s.mapErr(ctx, op, fn(rctx))
 }
 
+// again is call for a request that is safe to send twice (a read): when
+// etcd is unavailable for a moment (the member the client was talking to
+// went away, a leader election), it tries again after a short pause, for
+// at most RequestTimeout from the first try. Refused credentials are not
+// retried.
+func (s *Store) again(ctx context.Context, op string, fn func(ctx context.Context) error) error {
+	deadline := time.Now().Add(s.timeout)
+	for n := 0; ; n++ {
+		err := s.call(ctx, op, fn)
+		if !s.transient(ctx, err) || time.Now().After(deadline) {
+			return err
+		}
+		if err := sleepCtx(ctx, min(maxBackoff, transientBackoff<<min(n, 8))); err != nil {
+			return fmt.Errorf("etcd %s: %w", op, err)
+		}
+	}
+}
+
+// transientBackoff is the first pause of again and of the audit log's
+// retry after an unavailable etcd.
+const transientBackoff = 20 * time.Millisecond
+
+// transient reports whether err, from call, is etcd being unavailable
+// (rather than refusing the request, the caller giving up or the store
+// being closed), so that a request safe to repeat may be tried again.
+func (s *Store) transient(ctx context.Context, err error) bool {
+	return err != nil && errors.Is(err, broker.ErrUnavailable) && !errors.Is(err, errDenied) &&
+		ctx.Err() == nil && !s.closed.Load()
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // mapErr turns a client error into one of the store's: the caller's
 // context error, broker.ErrUnavailable (closed store, no answer in time, no
 // leader, connection trouble) or broker.ErrInvalid (etcd refused the

@@ -123,7 +123,9 @@ func (s *Store) getMany(ctx context.Context, op string, keys []string, rev int64
 				ops[i] = clientv3.OpGet(k)
 			}
 		}
-		err := s.call(ctx, op, func(ctx context.Context) error {
+		// A read-only transaction is safe to send again; the client
+		// repeats Range requests by itself, but not transactions.
+		err := s.again(ctx, op, func(ctx context.Context) error {
 			resp, err := s.client.Txn(ctx).Then(ops...).Commit()
 			if err != nil {
 				return err
