@@ -50,6 +50,24 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 // expiry, that its audience is aud (when aud is not empty), and that its
 // grant is live. It is the one check introspection and redemption share.
 func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.Claims, broker.Grant, error) {
+	return s.verifyAccessToken(ctx, raw, aud, func(g broker.Grant) error { return s.sameRegistration(ctx, g) })
+}
+
+// VerifyAccessTokenFor is VerifyAccessToken for a caller that has just
+// authenticated as the registered MCP server res: the token's audience must
+// be res's URI and its grant must have been made for res's registration.
+// It saves VerifyAccessToken's read of the registration (the hot path of
+// redemption and introspection).
+func (s *Server) VerifyAccessTokenFor(ctx context.Context, raw string, res broker.Resource) (token.Claims, broker.Grant, error) {
+	return s.verifyAccessToken(ctx, raw, res.URI, func(g broker.Grant) error {
+		if g.ResourceID != "" && g.ResourceID != res.ID {
+			return fmt.Errorf("grant %s was made for registration %s, not %s: %w", g.ID, g.ResourceID, res.ID, broker.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+func (s *Server) verifyAccessToken(ctx context.Context, raw, aud string, registered func(broker.Grant) error) (token.Claims, broker.Grant, error) {
 	c, hit := s.verified.get(raw, s.now())
 	if !hit {
 		var err error
@@ -77,7 +95,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.
 	if g.Resource != c.Audience || g.ClientID != c.ClientID || g.UserID != c.Subject {
 		return c, g, oauth.ErrInvalidToken.WithDescription("the access token does not match its grant")
 	}
-	if err := s.sameRegistration(ctx, g); errors.Is(err, broker.ErrNotFound) {
+	if err := registered(g); errors.Is(err, broker.ErrNotFound) {
 		return c, g, oauth.ErrInvalidToken.WithDescription("the MCP server this token was issued for is no longer registered").WithCause(err)
 	} else if err != nil {
 		return c, g, err // the store failing is not the token's fault
@@ -110,7 +128,7 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 		oauth.WriteJSON(w, http.StatusOK, map[string]any{"active": false})
 		return
 	}
-	c, g, err := s.VerifyAccessToken(ctx, raw, res.URI)
+	c, g, err := s.VerifyAccessTokenFor(ctx, raw, res)
 	if err != nil {
 		s.o.Logger.InfoContext(ctx, "introspect: inactive token", "resource", res.ID, "err", err)
 		oauth.WriteJSON(w, http.StatusOK, map[string]any{"active": false})

@@ -307,7 +307,7 @@ func (s *Service) decide(ctx context.Context, res broker.Resource, raw, connecto
 		conn broker.Connection
 		cred connectors.Credential
 	)
-	c, g, err := s.o.Auth.VerifyAccessToken(ctx, raw, res.URI)
+	c, g, err := s.o.Auth.VerifyAccessTokenFor(ctx, raw, res)
 	ev.UserID, ev.ClientID, ev.GrantID = c.Subject, c.ClientID, c.GrantID
 	if err != nil {
 		e := oauth.As(err)
