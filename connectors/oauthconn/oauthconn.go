@@ -128,8 +128,8 @@ type Connector struct {
 	// the caller names none (config exchange_audience).
 	exchangeAudience string
 	authParams       []oauth2.AuthCodeOption
-	http          *http.Client
-	now           func() time.Time
+	http             *http.Client
+	now              func() time.Time
 }
 
 // New builds the connector from its config. With preset "oidc" it fetches
