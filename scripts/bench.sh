@@ -14,47 +14,8 @@ cd "$(dirname "$0")/.."
 LANYARD_VAULT_BIN="$(bash scripts/build-vault.sh)"
 OUT="${BENCH_OUT:-bench-out}"
 mkdir -p "$OUT"
-RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/lanyard-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$RUN_DIR"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-  local p
-  for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 12000))
-    if port_free "$p"; then echo "$p"; return; fi
-  done
-  echo "no free port found" >&2; return 1
-}
-wait_http() { # url seconds pid
-  for _ in $(seq $(($2 * 10))); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-port="$(free_port)"
-token="bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-HOME="$RUN_DIR" GODEBUG=x509negativeserial=1 "$LANYARD_VAULT_BIN" server -dev -dev-listen-address="127.0.0.1:$port" \
-  -dev-root-token-id="$token" >"$RUN_DIR/vault.log" 2>&1 &
-VAULT_PID=$!
-PIDS+=("$VAULT_PID")
-wait_http "http://127.0.0.1:$port/v1/sys/health" 30 "$VAULT_PID" || { tail -20 "$RUN_DIR/vault.log" >&2; exit 1; }
-export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$token"
-echo "bench: vault dev server on $VAULT_ADDR (pid $VAULT_PID)" >&2
+source scripts/lib.sh
+start_vault
 
 go build -trimpath -o "$RUN_DIR/lanyard" ./cmd/lanyard
 ARGS=(--users "${BENCH_USERS:-200}" --duration "${BENCH_DURATION:-3s}" --concurrency "${BENCH_CONCURRENCY:-64}"
