@@ -22,7 +22,7 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 	if p.Has("client_assertion") || p.Has("client_assertion_type") {
 		return s.authenticateAssertion(ctx, r, p)
 	}
-	id, secret, _, err := clientCredentials(r, p)
+	id, secret, err := clientCredentials(r, p)
 	if err != nil {
 		return broker.Resource{}, err
 	}

@@ -95,7 +95,7 @@ func (s *Server) logOAuthError(ctx context.Context, msg string, err error, args 
 // the body (client_secret_post), or client_id alone for public clients.
 // Exactly one method may be used.
 func (s *Server) authenticateClient(ctx context.Context, r *http.Request, p oauth.Params) (broker.Client, error) {
-	id, secret, _, err := clientCredentials(r, p)
+	id, secret, err := clientCredentials(r, p)
 	if err != nil {
 		return broker.Client{}, err
 	}
@@ -120,24 +120,24 @@ func (s *Server) authenticateClient(ctx context.Context, r *http.Request, p oaut
 
 // clientCredentials extracts client_id and secret. Basic credentials are
 // form-urlencoded (RFC 6749 §2.3.1).
-func clientCredentials(r *http.Request, p oauth.Params) (id, secret string, basic bool, err error) {
+func clientCredentials(r *http.Request, p oauth.Params) (id, secret string, err error) {
 	if u, pw, ok := r.BasicAuth(); ok {
 		id, err1 := url.QueryUnescape(u)
 		secret, err2 := url.QueryUnescape(pw)
 		if err1 != nil || err2 != nil {
-			return "", "", true, oauth.ErrInvalidClient.WithDescription("malformed HTTP Basic credentials")
+			return "", "", oauth.ErrInvalidClient.WithDescription("malformed HTTP Basic credentials")
 		}
 		if p.Has("client_secret") {
-			return "", "", true, oauth.ErrInvalidRequest.WithDescription("use one client authentication method")
+			return "", "", oauth.ErrInvalidRequest.WithDescription("use one client authentication method")
 		}
 		if p.Has("client_id") && p.Get("client_id") != id {
-			return "", "", true, oauth.ErrInvalidRequest.WithDescription("client_id does not match the authenticated client")
+			return "", "", oauth.ErrInvalidRequest.WithDescription("client_id does not match the authenticated client")
 		}
-		return id, secret, true, nil
+		return id, secret, nil
 	} else if r.Header.Get("Authorization") != "" {
-		return "", "", false, oauth.ErrInvalidClient.WithDescription("unsupported Authorization scheme")
+		return "", "", oauth.ErrInvalidClient.WithDescription("unsupported Authorization scheme")
 	}
-	return p.Get("client_id"), p.Get("client_secret"), false, nil
+	return p.Get("client_id"), p.Get("client_secret"), nil
 }
 
 // codeGrant exchanges an authorization code. The code is consumed only if
