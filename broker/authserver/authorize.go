@@ -303,7 +303,7 @@ func (s *Server) Decide(ctx context.Context, id string, user broker.User, d Deci
 	code := newSecret("lyc_")
 	now := s.now()
 	rec := broker.AuthCode{
-		ID: HashSecret(code), ClientID: req.ClientID, UserID: user.ID, GrantID: grant.ID,
+		ID: broker.HashSecret(code), ClientID: req.ClientID, UserID: user.ID, GrantID: grant.ID,
 		RedirectURI: req.RedirectURI, CodeChallenge: req.CodeChallenge, Resource: req.Resource,
 		Scopes: req.Scopes, IssuedAt: now, ExpiresAt: now.Add(CodeTTL),
 	}

@@ -87,7 +87,7 @@ func (s *Server) authenticateAssertion(ctx context.Context, r *http.Request, p o
 	// single-use table keyed by hash); the "jti-" prefix keeps it apart from
 	// any code hash, so no presented code can ever reach it.
 	now := s.now()
-	rec := broker.AuthCode{ID: "jti-" + HashSecret(res.ID+"\x00"+a.JTI), ClientID: "mcp-server:" + res.ID,
+	rec := broker.AuthCode{ID: "jti-" + broker.HashSecret(res.ID+"\x00"+a.JTI), ClientID: "mcp-server:" + res.ID,
 		IssuedAt: now, ExpiresAt: a.ExpiresAt.Add(token.ClockSkew), Consumed: now}
 	if err := s.o.Store.AuthCodes().Create(ctx, rec); err != nil {
 		if errors.Is(err, broker.ErrAlreadyExists) {

@@ -80,7 +80,7 @@ func (s *Server) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	deviceCode := newSecret("lyd_")
 	var rec broker.DeviceCode
 	for range 5 { // a user-code collision is possible, if rare
-		rec = broker.DeviceCode{ID: HashSecret(deviceCode), UserCode: newUserCode(), ClientID: client.ID,
+		rec = broker.DeviceCode{ID: broker.HashSecret(deviceCode), UserCode: newUserCode(), ClientID: client.ID,
 			Resource: res.URI, Scopes: scopes, Status: broker.DevicePending, IssuedAt: now,
 			ExpiresAt: now.Add(s.o.DeviceCodeTTL), Interval: interval}
 		if err = s.o.Store.DeviceCodes().Create(ctx, rec); !errors.Is(err, broker.ErrAlreadyExists) {
@@ -113,7 +113,7 @@ func (s *Server) deviceGrant(ctx context.Context, client broker.Client, p oauth.
 	if raw == "" {
 		return tokenResponse{}, oauth.ErrInvalidRequest.WithDescription("device_code is required")
 	}
-	id := HashSecret(raw)
+	id := broker.HashSecret(raw)
 	now := s.now()
 	var verdict error
 	_, err := s.o.Store.DeviceCodes().Update(ctx, id, func(d broker.DeviceCode) (broker.DeviceCode, error) {

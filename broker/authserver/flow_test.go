@@ -605,7 +605,7 @@ func TestDeviceFlow(t *testing.T) {
 
 func (e *env) resetDevicePoll(t *testing.T, deviceCode string) {
 	t.Helper()
-	_, err := e.store.DeviceCodes().Update(context.Background(), authserver.HashSecret(deviceCode), func(d broker.DeviceCode) (broker.DeviceCode, error) {
+	_, err := e.store.DeviceCodes().Update(context.Background(), broker.HashSecret(deviceCode), func(d broker.DeviceCode) (broker.DeviceCode, error) {
 		d.LastPolled = d.LastPolled.Add(-10 * 60 * 1e9)
 		return d, nil
 	})

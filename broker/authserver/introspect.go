@@ -31,7 +31,7 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 	}
 	res, err := s.o.Store.Resources().Get(ctx, id)
 	if errors.Is(err, broker.ErrNotFound) {
-		secretMatches(HashSecret("x"), secret) // same work whether or not the id exists
+		broker.SecretMatches(broker.HashSecret("x"), secret) // same work whether or not the id exists
 		return res, oauth.ErrInvalidClient.WithDescription("MCP server authentication failed")
 	}
 	if err != nil {
@@ -40,7 +40,7 @@ func (s *Server) AuthenticateResource(ctx context.Context, r *http.Request, p oa
 	if res.TokenEndpointAuthMethod == AuthPrivateKeyJWT {
 		return res, oauth.ErrInvalidClient.WithDescription("this MCP server must authenticate with private_key_jwt")
 	}
-	if !secretMatches(res.SecretHash, secret) {
+	if !broker.SecretMatches(res.SecretHash, secret) {
 		return res, oauth.ErrInvalidClient.WithDescription("MCP server authentication failed")
 	}
 	return res, nil
@@ -162,7 +162,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	grantID := ""
-	if rt, err := s.o.Store.RefreshTokens().Get(ctx, HashSecret(raw)); err == nil {
+	if rt, err := s.o.Store.RefreshTokens().Get(ctx, broker.HashSecret(raw)); err == nil {
 		if rt.ClientID == client.ID {
 			grantID = rt.GrantID
 		}

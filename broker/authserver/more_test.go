@@ -987,7 +987,7 @@ func TestDeviceCodeExpired(t *testing.T) {
 		t.Fatalf("device authorization: %d %v", s, da)
 	}
 	dc := da["device_code"].(string)
-	if _, err := e.store.DeviceCodes().Update(ctx, authserver.HashSecret(dc), func(d broker.DeviceCode) (broker.DeviceCode, error) {
+	if _, err := e.store.DeviceCodes().Update(ctx, broker.HashSecret(dc), func(d broker.DeviceCode) (broker.DeviceCode, error) {
 		d.ExpiresAt = time.Now().Add(-time.Second)
 		return d, nil
 	}); err != nil {

@@ -234,11 +234,6 @@ func newSecret(prefix string) string {
 	return prefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
-// HashSecret is broker.HashSecret (codes, refresh tokens, device codes).
-func HashSecret(s string) string { return broker.HashSecret(s) }
-
-func secretMatches(hash, presented string) bool { return broker.SecretMatches(hash, presented) }
-
 // errorRedirect builds the redirect that reports err to the client
 // (RFC 6749 §4.1.2.1), with state and the RFC 9207 iss parameter.
 func (s *Server) errorRedirect(redirectURI, state string, e *oauth.Error) string {

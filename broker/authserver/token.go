@@ -112,7 +112,7 @@ func (s *Server) authenticateClient(ctx context.Context, r *http.Request, p oaut
 	switch {
 	case c.SecretHash == "" && secret != "":
 		return c, oauth.ErrInvalidClient.WithDescription("public client must not send a secret")
-	case c.SecretHash != "" && !secretMatches(c.SecretHash, secret):
+	case c.SecretHash != "" && !broker.SecretMatches(c.SecretHash, secret):
 		return c, oauth.ErrInvalidClient.WithDescription("client authentication failed")
 	}
 	return c, nil
@@ -167,7 +167,7 @@ func (s *Server) codeGrant(ctx context.Context, client broker.Client, p oauth.Pa
 		}
 		return oauth.VerifyPKCE(p.Get("code_verifier"), c.CodeChallenge)
 	}
-	rec, err := s.o.Store.AuthCodes().Consume(ctx, HashSecret(code), check)
+	rec, err := s.o.Store.AuthCodes().Consume(ctx, broker.HashSecret(code), check)
 	switch {
 	case errors.Is(err, broker.ErrConsumed):
 		if rerr := s.RevokeGrant(ctx, rec.GrantID, "authorization code replayed"); rerr != nil {
@@ -227,7 +227,7 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 	}
 	if slices.Contains(refreshScopes, ScopeOfflineAccess) && slices.Contains(grantTypes(client), GrantRefreshToken) {
 		rt := newSecret("lyr_")
-		rec := broker.RefreshToken{ID: HashSecret(rt), GrantID: g.ID, ClientID: client.ID, Scopes: refreshScopes,
+		rec := broker.RefreshToken{ID: broker.HashSecret(rt), GrantID: g.ID, ClientID: client.ID, Scopes: refreshScopes,
 			IssuedAt: now, ExpiresAt: now.Add(s.o.RefreshTokenTTL)}
 		if oldRefresh == "" {
 			err = s.o.Store.RefreshTokens().Create(ctx, rec)
@@ -290,7 +290,7 @@ func (s *Server) refreshGrant(ctx context.Context, client broker.Client, p oauth
 	if raw == "" {
 		return tokenResponse{}, oauth.ErrInvalidRequest.WithDescription("refresh_token is required")
 	}
-	id := HashSecret(raw)
+	id := broker.HashSecret(raw)
 	old, err := s.o.Store.RefreshTokens().Get(ctx, id)
 	if err != nil {
 		return tokenResponse{}, s.refreshError(ctx, err, id)
