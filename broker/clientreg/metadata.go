@@ -350,11 +350,6 @@ func parseMetadata(members map[string]json.RawMessage) (Metadata, error) {
 	return m, nil
 }
 
-// HashSecret returns the value stored in broker.Client.SecretHash for a
-// client secret: the hex SHA-256 of the secret (secrets are 256-bit random
-// values, so a slow hash adds nothing).
-func HashSecret(secret string) string { return broker.HashSecret(secret) }
-
 // VerifySecret reports, in constant time, whether secret is c's client
 // secret. It is false for a client without one.
 func VerifySecret(c broker.Client, secret string) bool {

@@ -195,7 +195,7 @@ func TestDecodeObject(t *testing.T) {
 }
 
 func TestVerifySecret(t *testing.T) {
-	c := broker.Client{SecretHash: HashSecret("s3cret")}
+	c := broker.Client{SecretHash: broker.HashSecret("s3cret")}
 	if !VerifySecret(c, "s3cret") {
 		t.Error("right secret refused")
 	}

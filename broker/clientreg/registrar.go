@@ -81,7 +81,7 @@ func (o RegistrarOptions) withDefaults() RegistrarOptions {
 //
 // The server assigns every identifier: client_id ("dcr_" + random) and,
 // for client_secret_basic or client_secret_post, a 256-bit client_secret
-// that is returned once and stored only as HashSecret(secret). A
+// that is returned once and stored only as broker.HashSecret(secret). A
 // client_id or client_secret in the request is ignored, as are fields
 // Lanyard does not use.
 type Registrar struct {
@@ -176,7 +176,7 @@ func (g *Registrar) register(w http.ResponseWriter, r *http.Request) (*Registrat
 	resp := &RegistrationResponse{ClientID: c.ID, ClientIDIssuedAt: now.Unix(), Metadata: m}
 	if m.TokenEndpointAuthMethod != AuthNone {
 		secret := newSecret()
-		c.SecretHash = HashSecret(secret)
+		c.SecretHash = broker.HashSecret(secret)
 		resp.ClientSecret = secret
 		var never int64
 		resp.ClientSecretExpiresAt = &never

@@ -146,7 +146,7 @@ func TestRegisterConfidentialWeb(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.SecretHash != HashSecret(secret) || c.TokenEndpointAuthMethod != method || c.ApplicationType != AppWeb {
+			if c.SecretHash != broker.HashSecret(secret) || c.TokenEndpointAuthMethod != method || c.ApplicationType != AppWeb {
 				t.Errorf("stored %+v", c)
 			}
 			if !VerifySecret(c, secret) {
