@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
 	bbolt "go.etcd.io/bbolt"
@@ -64,12 +63,9 @@ func (s *singleUse[T]) consume(ctx context.Context, op, id string, check func(T)
 		}
 		if !rec.ConsumedAt().IsZero() {
 			replayed = rec
-			return fmt.Errorf("%s %q consumed at %s: %w", s.kind, id, rec.ConsumedAt().UTC().Format(time.RFC3339), broker.ErrConsumed)
 		}
-		if check != nil {
-			if err := check(rec); err != nil {
-				return err
-			}
+		if err := broker.CheckConsume(s.kind, id, rec, check); err != nil {
+			return err
 		}
 		done := rec.WithConsumedAt(now)
 		if err := s.store(tx, &rec, done, now); err != nil {

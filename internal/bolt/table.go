@@ -3,7 +3,6 @@ package bolt
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -24,10 +23,9 @@ type table[T broker.Record] struct {
 	db     *DB
 	kind   string
 	bucket []byte
-	// indexes are the index names T declares (the names RecordIndexes of
-	// a zero T lists: names do not depend on values). Queries naming any
-	// other index are rejected rather than answered with nothing.
-	indexes map[string]bool
+	// indexes are the index names T declares. Queries naming any other
+	// index are rejected rather than answered with nothing.
+	indexes broker.IndexNames
 }
 
 // sweeper is what Open and Sweep need from every table, whatever its T.
@@ -38,21 +36,7 @@ type sweeper interface {
 }
 
 func newTable[T broker.Record](db *DB, kind string) *table[T] {
-	var zero T
-	indexes := map[string]bool{}
-	for _, ix := range zero.RecordIndexes() {
-		indexes[ix.Name] = true
-	}
-	return &table[T]{db: db, kind: kind, bucket: []byte(kind), indexes: indexes}
-}
-
-// checkIndex returns an error wrapping broker.ErrInvalid unless index is
-// one T declares.
-func (t *table[T]) checkIndex(op, index string) error {
-	if !t.indexes[index] {
-		return fmt.Errorf("%s: %s: unknown index %q: %w", t.kind, op, index, broker.ErrInvalid)
-	}
-	return nil
+	return &table[T]{db: db, kind: kind, bucket: []byte(kind), indexes: broker.IndexNamesOf[T]()}
 }
 
 var _ broker.Table[broker.User] = (*table[broker.User])(nil)
@@ -97,7 +81,7 @@ func (t *table[T]) create(tx *bbolt.Tx, rec T, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	if found && live(old, now) {
+	if found && broker.Live(old, now) {
 		return fmt.Errorf("%s %q: %w", t.kind, id, broker.ErrAlreadyExists)
 	}
 	var prev *T
@@ -121,7 +105,7 @@ func (t *table[T]) Get(ctx context.Context, id string) (T, error) {
 // get returns the live record id or an error wrapping broker.ErrNotFound.
 func (t *table[T]) get(tx *bbolt.Tx, id string, now time.Time) (T, error) {
 	rec, found, err := t.load(tx, id)
-	if err == nil && (!found || !live(rec, now)) {
+	if err == nil && (!found || !broker.Live(rec, now)) {
 		err = fmt.Errorf("%s %q: %w", t.kind, id, broker.ErrNotFound)
 	}
 	return rec, err
@@ -133,14 +117,14 @@ func (t *table[T]) get(tx *bbolt.Tx, id string, now time.Time) (T, error) {
 func (t *table[T]) GetBy(ctx context.Context, index, value string) (T, error) {
 	var rec T
 	err := t.db.view(ctx, t.kind+".get_by", func(tx *bbolt.Tx) error {
-		if err := t.checkIndex("get by", index); err != nil {
+		if err := t.indexes.Check(t.kind, "get by", index); err != nil {
 			return err
 		}
 		now := t.db.now()
 		found := false
 		err := t.scanIndex(tx, index, value, "", func(id string) (bool, error) {
 			r, ok, err := t.load(tx, id)
-			if err != nil || !ok || !live(r, now) {
+			if err != nil || !ok || !broker.Live(r, now) {
 				return true, err
 			}
 			rec, found = r, true
@@ -200,30 +184,18 @@ func (t *table[T]) Delete(ctx context.Context, id string) error {
 // without a Value is an error wrapping broker.ErrInvalid: none of them may
 // fall back to listing everything, or nothing.
 func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], error) {
-	limit := q.Limit
-	switch {
-	case limit <= 0:
-		limit = broker.DefaultLimit
-	case limit > broker.MaxLimit:
-		limit = broker.MaxLimit
-	}
 	var page broker.Page[T]
 	err := t.db.view(ctx, t.kind+".list", func(tx *bbolt.Tx) error {
-		switch {
-		case q.Index == "" && q.Value != "":
-			return fmt.Errorf("%s: list: value %q without an index: %w", t.kind, q.Value, broker.ErrInvalid)
-		case q.Index == "":
-		case !t.indexes[q.Index]:
-			return t.checkIndex("list", q.Index)
-		case q.Value == "":
-			return fmt.Errorf("%s: list by %s: empty value: %w", t.kind, q.Index, broker.ErrInvalid)
+		limit, err := t.indexes.CheckQuery(t.kind, q)
+		if err != nil {
+			return err
 		}
 		now := t.db.now()
 		page = broker.Page[T]{Items: make([]T, 0, min(limit, 64))}
 		more := false
 		visit := func(id string) (bool, error) {
 			rec, ok, err := t.load(tx, id)
-			if err != nil || !ok || !live(rec, now) {
+			if err != nil || !ok || !broker.Live(rec, now) {
 				return true, err
 			}
 			if len(page.Items) == limit {
@@ -233,7 +205,6 @@ func (t *table[T]) List(ctx context.Context, q broker.Query) (broker.Page[T], er
 			page.Items = append(page.Items, rec)
 			return true, nil
 		}
-		var err error
 		if q.Index != "" {
 			err = t.scanIndex(tx, q.Index, q.Value, q.After, visit)
 		} else {
@@ -320,7 +291,7 @@ func (t *table[T]) store(tx *bbolt.Tx, prev *T, rec T, now time.Time) error {
 				return true, nil
 			}
 			r, ok, err := t.load(tx, other)
-			if err == nil && ok && live(r, now) {
+			if err == nil && ok && broker.Live(r, now) {
 				err = fmt.Errorf("%s %q: %s %q is taken by %q: %w", t.kind, id, ix.Name, ix.Value, other, broker.ErrAlreadyExists)
 			}
 			return err == nil, err
@@ -423,7 +394,7 @@ func (t *table[T]) sweep(tx *bbolt.Tx, now time.Time, max int) (removed, visited
 		if err != nil {
 			return removed, 0, err
 		}
-		if found && !live(rec, now) {
+		if found && !broker.Live(rec, now) {
 			if err := t.remove(tx, rec); err != nil {
 				return removed, 0, err
 			}
@@ -449,15 +420,11 @@ func expKey(exp time.Time, id string) []byte {
 	return append(expPrefix(exp), id...)
 }
 
-// expPrefix encodes exp so that byte order is time order, for every
-// time.Time (unix nanoseconds would overflow outside 1678-2262): the unix
-// seconds, big-endian with the sign bit flipped, the nanoseconds, big-endian,
+// expPrefix is broker.ExpiryStamp(exp), so that byte order is time order,
 // then a NUL.
 func expPrefix(exp time.Time) []byte {
-	k := make([]byte, 13, 64)
-	binary.BigEndian.PutUint64(k, uint64(exp.Unix())^(1<<63))
-	binary.BigEndian.PutUint32(k[8:], uint32(exp.Nanosecond()))
-	return k
+	st := broker.ExpiryStamp(exp)
+	return append(append(make([]byte, 0, 64), st[:]...), 0)
 }
 
 func indexKey(value, id string) []byte {
@@ -468,10 +435,4 @@ func splitIndexKey(k []byte) (value, id string) {
 	s := string(k)
 	i := strings.LastIndexByte(s, 0)
 	return s[:i], s[i+1:]
-}
-
-// live reports whether rec has not expired at now.
-func live(rec broker.Record, now time.Time) bool {
-	exp := rec.RecordExpiry()
-	return exp.IsZero() || exp.After(now)
 }

@@ -70,12 +70,9 @@ func (s *singleUse[T]) consume(ctx context.Context, op, id string, check func(T)
 		}
 		if !rec.ConsumedAt().IsZero() {
 			replayed = rec
-			return false, fmt.Errorf("%s %q consumed at %s: %w", s.kind, id, rec.ConsumedAt().UTC().Format(time.RFC3339), broker.ErrConsumed)
 		}
-		if check != nil {
-			if err := check(rec); err != nil {
-				return false, err
-			}
+		if err := broker.CheckConsume(s.kind, id, rec, check); err != nil {
+			return false, err
 		}
 		done := rec.WithConsumedAt(now)
 		p := newPlan()

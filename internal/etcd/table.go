@@ -2,7 +2,6 @@ package etcd
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -20,10 +19,9 @@ import (
 type table[T broker.Record] struct {
 	s    *Store
 	kind string
-	// indexes are the index names T declares (those RecordIndexes of a
-	// zero T lists). Queries naming any other index are rejected rather
-	// than answered with nothing.
-	indexes map[string]bool
+	// indexes are the index names T declares. Queries naming any other
+	// index are rejected rather than answered with nothing.
+	indexes broker.IndexNames
 }
 
 // sweeper is what Sweep needs from every table, whatever its T.
@@ -34,12 +32,7 @@ type sweeper interface {
 var _ broker.Table[broker.User] = (*table[broker.User])(nil)
 
 func newTable[T broker.Record](s *Store, kind string) *table[T] {
-	var zero T
-	indexes := map[string]bool{}
-	for _, ix := range zero.RecordIndexes() {
-		indexes[ix.Name] = true
-	}
-	return &table[T]{s: s, kind: kind, indexes: indexes}
+	return &table[T]{s: s, kind: kind, indexes: broker.IndexNamesOf[T]()}
 }
 
 func (t *table[T]) recPrefix() string       { return t.s.prefix + "rec/" + t.kind + "/" }
@@ -61,29 +54,11 @@ func (t *table[T]) claimKey(index, value string) string {
 	return t.s.prefix + "uniq/" + t.kind + "/" + index + "/" + value
 }
 
-// expStamp encodes exp so that byte order is time order, for every
-// time.Time: the unix seconds with the sign bit flipped, then the
-// nanoseconds, big-endian, in hex (24 characters).
+// expStamp is broker.ExpiryStamp(exp) in hex (24 characters), so that
+// byte order is time order.
 func expStamp(exp time.Time) string {
-	var b [12]byte
-	binary.BigEndian.PutUint64(b[:], uint64(exp.Unix())^(1<<63))
-	binary.BigEndian.PutUint32(b[8:], uint32(exp.Nanosecond()))
+	b := broker.ExpiryStamp(exp)
 	return hex.EncodeToString(b[:])
-}
-
-// live reports whether rec has not expired at now.
-func live(rec broker.Record, now time.Time) bool {
-	exp := rec.RecordExpiry()
-	return exp.IsZero() || exp.After(now)
-}
-
-// checkIndex returns an error wrapping broker.ErrInvalid unless index is
-// one T declares.
-func (t *table[T]) checkIndex(op, index string) error {
-	if !t.indexes[index] {
-		return fmt.Errorf("%s: %s: unknown index %q: %w", t.kind, op, index, broker.ErrInvalid)
-	}
-	return nil
 }
 
 func (t *table[T]) decode(kv *mvccpb.KeyValue) (T, error) {
@@ -113,7 +88,7 @@ func (t *table[T]) load(ctx context.Context, op, id string) (*mvccpb.KeyValue, T
 // broker.ErrNotFound.
 func (t *table[T]) loadLive(ctx context.Context, op, id string, now time.Time) (*mvccpb.KeyValue, T, error) {
 	kv, rec, err := t.load(ctx, op, id)
-	if err == nil && (kv == nil || !live(rec, now)) {
+	if err == nil && (kv == nil || !broker.Live(rec, now)) {
 		err = fmt.Errorf("%s %q: %w", t.kind, id, broker.ErrNotFound)
 	}
 	return kv, rec, err
@@ -147,7 +122,7 @@ func (t *table[T]) stageCreate(ctx context.Context, op string, p *plan, rec T, n
 	if err != nil {
 		return err
 	}
-	if kv != nil && live(old, now) {
+	if kv != nil && broker.Live(old, now) {
 		return fmt.Errorf("%s %q: %w", t.kind, id, broker.ErrAlreadyExists)
 	}
 	p.unchanged(t.recKey(id), kv)
@@ -258,7 +233,7 @@ func (t *table[T]) stage(ctx context.Context, op string, p *plan, prev, next *T,
 			if err != nil {
 				return err
 			}
-			if okv != nil && live(other, now) && holds(other, ix) {
+			if okv != nil && broker.Live(other, now) && holds(other, ix) {
 				return fmt.Errorf("%s %q: %s %q is taken by %q: %w", t.kind, id, ix.Name, ix.Value, owner, broker.ErrAlreadyExists)
 			}
 		}
@@ -305,7 +280,7 @@ func (t *table[T]) GetBy(ctx context.Context, index, value string) (rec T, err e
 	if err := t.s.usable(ctx, op); err != nil {
 		return rec, err
 	}
-	if err := t.checkIndex("get by", index); err != nil {
+	if err := t.indexes.Check(t.kind, "get by", index); err != nil {
 		return rec, err
 	}
 	var items []T
@@ -397,21 +372,9 @@ func (t *table[T]) List(ctx context.Context, q broker.Query) (page broker.Page[T
 	if err := t.s.usable(ctx, op); err != nil {
 		return page, err
 	}
-	limit := q.Limit
-	switch {
-	case limit <= 0:
-		limit = broker.DefaultLimit
-	case limit > broker.MaxLimit:
-		limit = broker.MaxLimit
-	}
-	switch {
-	case q.Index == "" && q.Value != "":
-		return page, fmt.Errorf("%s: list: value %q without an index: %w", t.kind, q.Value, broker.ErrInvalid)
-	case q.Index == "":
-	case !t.indexes[q.Index]:
-		return page, t.checkIndex("list", q.Index)
-	case q.Value == "":
-		return page, fmt.Errorf("%s: list by %s: empty value: %w", t.kind, q.Index, broker.ErrInvalid)
+	limit, err := t.indexes.CheckQuery(t.kind, q)
+	if err != nil {
+		return page, err
 	}
 	items, more, err := t.list(ctx, op, q.Index, q.Value, q.After, limit)
 	if err != nil {
@@ -470,7 +433,7 @@ func (t *table[T]) list(ctx context.Context, op, index, value, after string, lim
 			if err != nil {
 				return nil, false, err
 			}
-			if live(rec, now) && (index == "" || holds(rec, broker.Index{Name: index, Value: value})) {
+			if broker.Live(rec, now) && (index == "" || holds(rec, broker.Index{Name: index, Value: value})) {
 				out = append(out, rec)
 			}
 		}
@@ -570,7 +533,7 @@ func (t *table[T]) sweepStep(ctx context.Context, op string, exps []*mvccpb.KeyV
 		if err != nil {
 			return 0, err
 		}
-		if exp := rec.RecordExpiry(); !exp.IsZero() && !live(rec, now) && t.expKey(exp, ids[i]) == string(kv.Key) {
+		if exp := rec.RecordExpiry(); !exp.IsZero() && !broker.Live(rec, now) && t.expKey(exp, ids[i]) == string(kv.Key) {
 			decoded[i] = &rec
 			for _, ix := range rec.RecordIndexes() {
 				if ix.Unique && ix.Value != "" {
