@@ -14,8 +14,11 @@ package connectors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/lanyardhq/lanyard/broker"
 )
@@ -34,6 +37,46 @@ type Connector interface {
 	Name() string
 	Kind() string
 	DisplayName() string
+}
+
+// Named implements Connector for every kind: embed it in a kind's
+// Connector and build it with NewNamed.
+type Named struct {
+	name, kind, displayName string
+}
+
+// NewNamed checks that name is set and defaults displayName to it.
+func NewNamed(kind, name, displayName string) (Named, error) {
+	if name == "" {
+		return Named{}, fmt.Errorf("%w: %s connector: name is required", broker.ErrInvalid, kind)
+	}
+	if displayName == "" {
+		displayName = name
+	}
+	return Named{name: name, kind: kind, displayName: displayName}, nil
+}
+
+// Name implements Connector.
+func (n Named) Name() string { return n.name }
+
+// Kind implements Connector.
+func (n Named) Kind() string { return n.kind }
+
+// DisplayName implements Connector.
+func (n Named) DisplayName() string { return n.displayName }
+
+// Printable reports whether s is valid UTF-8 without control characters
+// (what user-typed names, hosts and paths must be).
+func Printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // Field is one input of a link form. Secret fields are never echoed back

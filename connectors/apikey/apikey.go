@@ -52,20 +52,18 @@ type Options struct {
 // Connector is one configured API key upstream. It is safe for concurrent
 // use.
 type Connector struct {
-	name, displayName string
-	cfg               config.APIKeyConnector
-	http              *http.Client
+	connectors.Named
+	cfg  config.APIKeyConnector
+	http *http.Client
 }
 
 // New builds the connector. Exactly one of cfg.Header and cfg.QueryParam
 // must be set; cfg.VerifyURL, if set, must be https (http to loopback with
 // Dev).
 func New(name, displayName string, cfg config.APIKeyConnector, opts Options) (*Connector, error) {
-	if name == "" {
-		return nil, fmt.Errorf("%w: apikey connector: name is required", broker.ErrInvalid)
-	}
-	if displayName == "" {
-		displayName = name
+	named, err := connectors.NewNamed(connectors.KindAPIKey, name, displayName)
+	if err != nil {
+		return nil, err
 	}
 	if (cfg.Header == "") == (cfg.QueryParam == "") {
 		return nil, fmt.Errorf("%w: apikey connector %s: set exactly one of header and query_param", broker.ErrInvalid, name)
@@ -89,7 +87,7 @@ func New(name, displayName string, cfg config.APIKeyConnector, opts Options) (*C
 	if hc == nil {
 		hc = safehttp.NewClient(safehttp.Options{AllowLoopback: opts.Dev})
 	}
-	return &Connector{name: name, displayName: displayName, cfg: cfg, http: hc}, nil
+	return &Connector{Named: named, cfg: cfg, http: hc}, nil
 }
 
 // isToken reports whether s is an HTTP field name (RFC 9110 token).
@@ -105,20 +103,11 @@ func isToken(s string) bool {
 	return true
 }
 
-// Name implements connectors.Connector.
-func (c *Connector) Name() string { return c.name }
-
-// Kind implements connectors.Connector.
-func (c *Connector) Kind() string { return connectors.KindAPIKey }
-
-// DisplayName implements connectors.Connector.
-func (c *Connector) DisplayName() string { return c.displayName }
-
 // Fields implements connectors.FormLinker: the key, secret and required.
 func (c *Connector) Fields() []connectors.Field {
 	return []connectors.Field{{
 		Name: FieldKey, Label: "API key", Secret: true, Required: true,
-		Help: "Paste the key from " + c.displayName + ". It is stored encrypted and never shown again.",
+		Help: "Paste the key from " + c.DisplayName() + ". It is stored encrypted and never shown again.",
 	}}
 }
 
@@ -189,17 +178,17 @@ func (c *Connector) verify(ctx context.Context, k string) error {
 	resp, err := safehttp.Do(c.http, req, maxVerifyBody)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return fmt.Errorf("%w: verifying the key with %s: %w", connectors.ErrUpstream, c.displayName, ctxErr)
+			return fmt.Errorf("%w: verifying the key with %s: %w", connectors.ErrUpstream, c.DisplayName(), ctxErr)
 		}
-		return fmt.Errorf("%w: verifying the key with %s: %s", connectors.ErrUpstream, c.displayName, withoutURL(err, k))
+		return fmt.Errorf("%w: verifying the key with %s: %s", connectors.ErrUpstream, c.DisplayName(), withoutURL(err, k))
 	}
 	switch {
 	case resp.Status/100 == 2:
 		return nil
 	case resp.Status == http.StatusUnauthorized || resp.Status == http.StatusForbidden:
-		return fmt.Errorf("%w: %s did not accept the API key (status %d)", connectors.ErrRejected, c.displayName, resp.Status)
+		return fmt.Errorf("%w: %s did not accept the API key (status %d)", connectors.ErrRejected, c.DisplayName(), resp.Status)
 	default:
-		return fmt.Errorf("%w: %s answered the key check with status %d", connectors.ErrUpstream, c.displayName, resp.Status)
+		return fmt.Errorf("%w: %s answered the key check with status %d", connectors.ErrUpstream, c.DisplayName(), resp.Status)
 	}
 }
 

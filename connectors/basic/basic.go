@@ -71,9 +71,9 @@ const (
 
 // Connector is one configured basic connector.
 type Connector struct {
-	name, displayName string
-	cfg               config.BasicConnector
-	roots             *x509.CertPool // nil: the system roots
+	connectors.Named
+	cfg   config.BasicConnector
+	roots *x509.CertPool // nil: the system roots
 }
 
 var (
@@ -87,11 +87,9 @@ var (
 // internal/config already; New applies the same defaults (protocol imap,
 // tls implicit) and reads the CA bundle.
 func New(name, displayName string, cfg config.BasicConnector) (*Connector, error) {
-	if name == "" {
-		return nil, fmt.Errorf("basic connector: name is required: %w", broker.ErrInvalid)
-	}
-	if displayName == "" {
-		displayName = name
+	named, err := connectors.NewNamed(connectors.KindBasic, name, displayName)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Protocol == "" {
 		cfg.Protocol = "imap"
@@ -114,7 +112,7 @@ func New(name, displayName string, cfg config.BasicConnector) (*Connector, error
 	} else if !cfg.AllowUserAddress {
 		return nil, fmt.Errorf("basic connector %s: address is required unless allow_user_address is set: %w", name, broker.ErrInvalid)
 	}
-	c := &Connector{name: name, displayName: displayName, cfg: cfg}
+	c := &Connector{Named: named, cfg: cfg}
 	if cfg.CACert != "" {
 		pem, err := os.ReadFile(cfg.CACert)
 		if err != nil {
@@ -127,15 +125,6 @@ func New(name, displayName string, cfg config.BasicConnector) (*Connector, error
 	}
 	return c, nil
 }
-
-// Name implements connectors.Connector.
-func (c *Connector) Name() string { return c.name }
-
-// Kind implements connectors.Connector.
-func (c *Connector) Kind() string { return connectors.KindBasic }
-
-// DisplayName implements connectors.Connector.
-func (c *Connector) DisplayName() string { return c.displayName }
 
 // userAddress reports whether the user gives the server's address.
 func (c *Connector) userAddress() bool { return c.cfg.Address == "" && c.cfg.AllowUserAddress }
@@ -168,7 +157,7 @@ func (c *Connector) account(get func(string) string) (account, error) {
 	switch {
 	case a.username == "":
 		probs = append(probs, "the user name is required")
-	case len(a.username) > maxUsername || !printable(a.username):
+	case len(a.username) > maxUsername || !connectors.Printable(a.username):
 		probs = append(probs, "the user name is too long or has characters that are not allowed")
 	}
 	switch {
@@ -419,20 +408,8 @@ func splitAddress(addr string) (host string, port uint16, err error) {
 	if err != nil || n == 0 {
 		return "", 0, errors.New("the port must be a number from 1 to 65535")
 	}
-	if !printable(h) || strings.ContainsAny(h, " /@") {
+	if !connectors.Printable(h) || strings.ContainsAny(h, " /@") {
 		return "", 0, errors.New("the host name has characters that are not allowed")
 	}
 	return h, uint16(n), nil
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
 }

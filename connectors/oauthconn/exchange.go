@@ -75,7 +75,7 @@ func (c *Connector) Exchange(ctx context.Context, secret broker.Secret, audience
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return connectors.Credential{}, fmt.Errorf("%w: token exchange: %w", connectors.ErrUpstream, ctxErr)
 		}
-		return connectors.Credential{}, fmt.Errorf("%w: %s token exchange: %s", connectors.ErrUpstream, c.displayName, scrub(transportError(err), sec))
+		return connectors.Credential{}, fmt.Errorf("%w: %s token exchange: %s", connectors.ErrUpstream, c.DisplayName(), scrub(transportError(err), sec))
 	}
 	var r struct {
 		AccessToken      string      `json:"access_token"`
@@ -90,11 +90,11 @@ func (c *Connector) Exchange(ctx context.Context, secret broker.Secret, audience
 		code, desc := clean(r.Error, 64), scrub(clean(r.ErrorDescription, 200), sec)
 		switch {
 		case code == "invalid_grant":
-			return connectors.Credential{}, fmt.Errorf("%w: %s no longer accepts the access token for exchange (%s)", connectors.ErrNeedsRelink, c.displayName, joinDesc(code, desc))
+			return connectors.Credential{}, fmt.Errorf("%w: %s no longer accepts the access token for exchange (%s)", connectors.ErrNeedsRelink, c.DisplayName(), joinDesc(code, desc))
 		case code != "":
-			return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: %s", connectors.ErrUpstream, c.displayName, joinDesc(code, desc))
+			return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: %s", connectors.ErrUpstream, c.DisplayName(), joinDesc(code, desc))
 		default:
-			return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: status %d", connectors.ErrUpstream, c.displayName, status)
+			return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: status %d", connectors.ErrUpstream, c.DisplayName(), status)
 		}
 	}
 	tt := r.TokenType
@@ -112,13 +112,13 @@ func (c *Connector) Exchange(ctx context.Context, secret broker.Secret, audience
 	}
 	switch {
 	case jerr != nil:
-		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the answer is not a token response", connectors.ErrUpstream, c.displayName)
+		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the answer is not a token response", connectors.ErrUpstream, c.DisplayName())
 	case r.AccessToken == "":
-		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the answer has no access token", connectors.ErrUpstream, c.displayName)
+		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the answer has no access token", connectors.ErrUpstream, c.DisplayName())
 	case r.IssuedTokenType != "" && r.IssuedTokenType != TokenTypeAccessToken:
-		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: issued_token_type %q is not an access token", connectors.ErrUpstream, c.displayName, clean(r.IssuedTokenType, 100))
+		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: issued_token_type %q is not an access token", connectors.ErrUpstream, c.DisplayName(), clean(r.IssuedTokenType, 100))
 	case strings.EqualFold(tt, "N_A"):
-		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the issued token is not usable as an access token (token_type N_A)", connectors.ErrUpstream, c.displayName)
+		return connectors.Credential{}, fmt.Errorf("%w: %s: token exchange: the issued token is not usable as an access token (token_type N_A)", connectors.ErrUpstream, c.DisplayName())
 	}
 	return connectors.Credential{
 		Type:      connectors.KindOAuth2,

@@ -112,9 +112,9 @@ func (o Options) withDefaults() Options {
 
 // Connector is one configured OAuth provider. It is safe for concurrent use.
 type Connector struct {
-	name, displayName string
-	preset            string
-	conf              *oauth2.Config // shared, never copied (its auth style cache)
+	connectors.Named
+	preset string
+	conf   *oauth2.Config // shared, never copied (its auth style cache)
 	// issuer is the provider's issuer identifier when known ("" otherwise:
 	// iss in a response cannot be checked and is ignored).
 	issuer string
@@ -158,17 +158,15 @@ type Connector struct {
 // preset's. Every URL must be https (http only to loopback with Dev).
 func New(ctx context.Context, name, displayName string, cfg config.OAuth2Connector, opts Options) (*Connector, error) {
 	opts = opts.withDefaults()
-	if name == "" {
-		return nil, fmt.Errorf("%w: oauth2 connector: name is required", broker.ErrInvalid)
-	}
-	if displayName == "" {
-		displayName = name
+	named, err := connectors.NewNamed(connectors.KindOAuth2, name, displayName)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.ClientID == "" {
 		return nil, fmt.Errorf("%w: oauth2 connector %s: client_id is required", broker.ErrInvalid, name)
 	}
 	c := &Connector{
-		name: name, displayName: displayName, preset: cfg.Preset,
+		Named: named, preset: cfg.Preset,
 		http: opts.HTTP, now: opts.Now,
 	}
 	ep := oauth2.Endpoint{AuthURL: cfg.AuthURL, TokenURL: cfg.TokenURL}
@@ -308,15 +306,6 @@ func checkURL(raw string, dev bool) error {
 	return safehttp.CheckURL(u, dev)
 }
 
-// Name implements connectors.Connector.
-func (c *Connector) Name() string { return c.name }
-
-// Kind implements connectors.Connector.
-func (c *Connector) Kind() string { return connectors.KindOAuth2 }
-
-// DisplayName implements connectors.Connector.
-func (c *Connector) DisplayName() string { return c.displayName }
-
 // Issuer is the provider's issuer identifier, or "" when not known.
 func (c *Connector) Issuer() string { return c.issuer }
 
@@ -375,7 +364,7 @@ func (c *Connector) Complete(ctx context.Context, st connectors.LinkState, query
 		return connectors.Linked{}, err
 	}
 	if code := query.Get("error"); code != "" {
-		return connectors.Linked{}, authError(c.displayName, code, query.Get("error_description"))
+		return connectors.Linked{}, authError(c.DisplayName(), code, query.Get("error_description"))
 	}
 	code := query.Get("code")
 	if code == "" || len(query["code"]) != 1 {
@@ -386,7 +375,7 @@ func (c *Connector) Complete(ctx context.Context, st connectors.LinkState, query
 		return connectors.Linked{}, c.tokenError(ctx, "exchanging the authorization code", err, true, nil)
 	}
 	if tok.AccessToken == "" {
-		return connectors.Linked{}, fmt.Errorf("%w: %s returned no access token", connectors.ErrUpstream, c.displayName)
+		return connectors.Linked{}, fmt.Errorf("%w: %s returned no access token", connectors.ErrUpstream, c.DisplayName())
 	}
 	l := connectors.Linked{Secret: tokenSecret(tok, ""), ExpiresAt: tok.Expiry}
 	l.Account = c.account(ctx, tok)
@@ -403,7 +392,7 @@ func (c *Connector) checkIss(q url.Values) error {
 	}
 	if !has {
 		if c.issRequired {
-			return fmt.Errorf("%w: %s promises iss in authorization responses and this one has none", ErrIssuerMismatch, c.displayName)
+			return fmt.Errorf("%w: %s promises iss in authorization responses and this one has none", ErrIssuerMismatch, c.DisplayName())
 		}
 		return nil
 	}
@@ -473,16 +462,16 @@ func (c *Connector) tokenError(ctx context.Context, what string, err error, exch
 		}
 		switch {
 		case code == "invalid_grant" && exchange:
-			return fmt.Errorf("%w: %s refused the authorization code (%s); link the account again", connectors.ErrRejected, c.displayName, joinDesc(code, desc))
+			return fmt.Errorf("%w: %s refused the authorization code (%s); link the account again", connectors.ErrRejected, c.DisplayName(), joinDesc(code, desc))
 		case code == "invalid_grant":
-			return fmt.Errorf("%w: %s no longer accepts the grant (%s)", connectors.ErrNeedsRelink, c.displayName, joinDesc(code, desc))
+			return fmt.Errorf("%w: %s no longer accepts the grant (%s)", connectors.ErrNeedsRelink, c.DisplayName(), joinDesc(code, desc))
 		case code != "":
-			return fmt.Errorf("%w: %s: %s: %s", connectors.ErrUpstream, c.displayName, what, joinDesc(code, desc))
+			return fmt.Errorf("%w: %s: %s: %s", connectors.ErrUpstream, c.DisplayName(), what, joinDesc(code, desc))
 		default:
-			return fmt.Errorf("%w: %s: %s: status %d", connectors.ErrUpstream, c.displayName, what, status)
+			return fmt.Errorf("%w: %s: %s: status %d", connectors.ErrUpstream, c.DisplayName(), what, status)
 		}
 	}
-	return fmt.Errorf("%w: %s: %s: %s", connectors.ErrUpstream, c.displayName, what, scrub(clean(transportError(err), 300), sec))
+	return fmt.Errorf("%w: %s: %s: %s", connectors.ErrUpstream, c.DisplayName(), what, scrub(clean(transportError(err), 300), sec))
 }
 
 func joinDesc(code, desc string) string {
@@ -640,28 +629,28 @@ func (c *Connector) userinfo(ctx context.Context, tok *oauth2.Token) (map[string
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%w: userinfo: %w", connectors.ErrUpstream, ctxErr)
 		}
-		return nil, fmt.Errorf("%w: %s userinfo: %s", connectors.ErrUpstream, c.displayName, transportError(err))
+		return nil, fmt.Errorf("%w: %s userinfo: %s", connectors.ErrUpstream, c.DisplayName(), transportError(err))
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body) // capped by capTransport
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s userinfo: %s", connectors.ErrUpstream, c.displayName, transportError(err))
+		return nil, fmt.Errorf("%w: %s userinfo: %s", connectors.ErrUpstream, c.DisplayName(), transportError(err))
 	}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return nil, fmt.Errorf("%w: %s refused the access token (status %d)", connectors.ErrNeedsRelink, c.displayName, resp.StatusCode)
+		return nil, fmt.Errorf("%w: %s refused the access token (status %d)", connectors.ErrNeedsRelink, c.DisplayName(), resp.StatusCode)
 	case resp.StatusCode/100 != 2:
-		return nil, fmt.Errorf("%w: %s userinfo: status %d", connectors.ErrUpstream, c.displayName, resp.StatusCode)
+		return nil, fmt.Errorf("%w: %s userinfo: status %d", connectors.ErrUpstream, c.DisplayName(), resp.StatusCode)
 	}
 	d := json.NewDecoder(strings.NewReader(string(body)))
 	d.UseNumber()
 	var m map[string]any
 	if err := d.Decode(&m); err != nil {
-		return nil, fmt.Errorf("%w: %s userinfo: not a JSON object", connectors.ErrUpstream, c.displayName)
+		return nil, fmt.Errorf("%w: %s userinfo: not a JSON object", connectors.ErrUpstream, c.DisplayName())
 	}
 	// Slack's Web API answers 200 with {"ok": false, "error": "invalid_auth"}.
 	if ok, has := m["ok"].(bool); has && !ok {
-		return nil, fmt.Errorf("%w: %s refused the access token (%s)", connectors.ErrNeedsRelink, c.displayName, clean(fmt.Sprint(m["error"]), 64))
+		return nil, fmt.Errorf("%w: %s refused the access token (%s)", connectors.ErrNeedsRelink, c.DisplayName(), clean(fmt.Sprint(m["error"]), 64))
 	}
 	return m, nil
 }
@@ -705,7 +694,7 @@ func (c *Connector) Refresh(ctx context.Context, secret broker.Secret) (connecto
 		return connectors.Linked{}, err
 	}
 	if old.RefreshToken == "" {
-		return connectors.Linked{}, fmt.Errorf("%w: %s gave no refresh token", connectors.ErrNeedsRelink, c.displayName)
+		return connectors.Linked{}, fmt.Errorf("%w: %s gave no refresh token", connectors.ErrNeedsRelink, c.DisplayName())
 	}
 	// An empty access token makes the token source refresh at once; it
 	// keeps the old refresh token when the response has none.
@@ -714,7 +703,7 @@ func (c *Connector) Refresh(ctx context.Context, secret broker.Secret) (connecto
 		return connectors.Linked{}, c.tokenError(ctx, "refreshing the token", err, false, secret.Fields())
 	}
 	if tok.AccessToken == "" {
-		return connectors.Linked{}, fmt.Errorf("%w: %s returned no access token", connectors.ErrUpstream, c.displayName)
+		return connectors.Linked{}, fmt.Errorf("%w: %s returned no access token", connectors.ErrUpstream, c.DisplayName())
 	}
 	return connectors.Linked{Secret: tokenSecret(tok, scope), ExpiresAt: tok.Expiry}, nil
 }
@@ -733,7 +722,7 @@ func (c *Connector) RevokeUpstream(ctx context.Context, secret broker.Secret) er
 		return err
 	}
 	if c.revocationURL == "" {
-		return fmt.Errorf("%w: %s has no token revocation endpoint", errors.ErrUnsupported, c.displayName)
+		return fmt.Errorf("%w: %s has no token revocation endpoint", errors.ErrUnsupported, c.DisplayName())
 	}
 	if tok.RefreshToken != "" {
 		if err := c.revoke(ctx, tok.RefreshToken, "refresh_token"); err != nil {
@@ -769,7 +758,7 @@ func (c *Connector) revoke(ctx context.Context, token, hint string) error {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return fmt.Errorf("%w: revocation: %w", connectors.ErrUpstream, ctxErr)
 		}
-		return fmt.Errorf("%w: %s revocation: %s", connectors.ErrUpstream, c.displayName, transportError(err))
+		return fmt.Errorf("%w: %s revocation: %s", connectors.ErrUpstream, c.DisplayName(), transportError(err))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
@@ -780,7 +769,7 @@ func (c *Connector) revoke(ctx context.Context, token, hint string) error {
 		Error string `json:"error"`
 	}
 	_ = json.Unmarshal(body, &e)
-	return fmt.Errorf("%w: %s revocation: status %d %s", connectors.ErrUpstream, c.displayName, resp.StatusCode, clean(e.Error, 64))
+	return fmt.Errorf("%w: %s revocation: status %d %s", connectors.ErrUpstream, c.DisplayName(), resp.StatusCode, clean(e.Error, 64))
 }
 
 // Materialize implements connectors.Materializer: the access token and its

@@ -40,7 +40,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
@@ -75,8 +74,8 @@ const maxSecret = 4096
 
 // Connector is one configured socket connector.
 type Connector struct {
-	name, displayName string
-	cfg               config.SocketConnector
+	connectors.Named
+	cfg config.SocketConnector
 }
 
 var (
@@ -91,11 +90,9 @@ var (
 // The allowed dirs are resolved at each check, so a directory that appears
 // after start-up (a service's /run dir) works.
 func New(name, displayName string, cfg config.SocketConnector) (*Connector, error) {
-	if name == "" {
-		return nil, fmt.Errorf("socket connector: name is required: %w", broker.ErrInvalid)
-	}
-	if displayName == "" {
-		displayName = name
+	named, err := connectors.NewNamed(connectors.KindSocket, name, displayName)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Network == "" {
 		cfg.Network = NetworkUnix
@@ -125,17 +122,8 @@ func New(name, displayName string, cfg config.SocketConnector) (*Connector, erro
 		return nil, fmt.Errorf("socket connector %s: %s: %w", name, strings.Join(probs, "; "), broker.ErrInvalid)
 	}
 	cfg.AllowedDirs = append([]string(nil), cfg.AllowedDirs...)
-	return &Connector{name: name, displayName: displayName, cfg: cfg}, nil
+	return &Connector{Named: named, cfg: cfg}, nil
 }
-
-// Name implements connectors.Connector.
-func (c *Connector) Name() string { return c.name }
-
-// Kind implements connectors.Connector.
-func (c *Connector) Kind() string { return connectors.KindSocket }
-
-// DisplayName implements connectors.Connector.
-func (c *Connector) DisplayName() string { return c.displayName }
 
 // Fields implements connectors.FormLinker.
 func (c *Connector) Fields() []connectors.Field {
@@ -262,7 +250,7 @@ func (c *Connector) checkPath(p string) (string, error) {
 	switch {
 	case p == "":
 		return "", fmt.Errorf("the socket path is required: %w", broker.ErrInvalid)
-	case !filepath.IsAbs(p) || !printable(p) || len(p) > 4096:
+	case !filepath.IsAbs(p) || !connectors.Printable(p) || len(p) > 4096:
 		return "", fmt.Errorf("the socket path must be an absolute path: %w", broker.ErrInvalid)
 	}
 	resolved, err := filepath.EvalSymlinks(p)
@@ -317,7 +305,7 @@ func (c *Connector) allowed(resolved string) bool {
 // allowed).
 func checkTCP(ctx context.Context, addr string) (string, error) {
 	host, portStr, err := net.SplitHostPort(addr)
-	if addr == "" || err != nil || host == "" || !printable(host) || strings.ContainsAny(host, " /@") {
+	if addr == "" || err != nil || host == "" || !connectors.Printable(host) || strings.ContainsAny(host, " /@") {
 		return "", fmt.Errorf("the address must be host:port: %w", broker.ErrInvalid)
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
@@ -433,16 +421,4 @@ func authRefused(err error) bool {
 		}
 	}
 	return false
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
 }
