@@ -40,7 +40,9 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 		}
 		e.Seq, e.PrevHash = 1, ""
 		if k, v := b.Cursor().Last(); k != nil {
-			var last broker.AuditEvent
+			var last struct { // only the hash: the rest is not needed
+				Hash string `json:"hash"`
+			}
 			if err := json.Unmarshal(v, &last); err != nil {
 				return fmt.Errorf("audit: last record unreadable: %w", err)
 			}
