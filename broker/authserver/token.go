@@ -14,8 +14,8 @@ import (
 	"github.com/lanyardhq/lanyard/broker/token"
 )
 
-// LastUsedGranularity: Grant.LastUsedAt is written at most this often by
-// token requests (redemption keeps the same pace).
+// LastUsedGranularity: Grant.LastUsedAt is written at most this often
+// (RecordGrantUse, by token requests and redemptions).
 const LastUsedGranularity = time.Minute
 
 // tokenResponse is RFC 6749 §5.1.
@@ -240,19 +240,26 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 		}
 		resp.RefreshToken = rt
 	}
-	// LastUsedAt is for display (grants list): written at most once per
-	// LastUsedGranularity, sparing each token request an fsynced write.
-	if now.Sub(g.LastUsedAt) >= LastUsedGranularity {
-		if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
-			x.LastUsedAt = now
-			return x, nil
-		}); err != nil {
-			s.o.Logger.WarnContext(ctx, "record grant use", "grant", g.ID, "err", err)
-		}
-	}
+	s.RecordGrantUse(ctx, g, now)
 	s.o.Logger.InfoContext(ctx, "token issued", "client_id", client.ID, "user", g.UserID, "aud", g.Resource,
 		"grant", g.ID, "refresh", resp.RefreshToken != "")
 	return resp, nil
+}
+
+// RecordGrantUse sets g's LastUsedAt to now, best effort (a failure is
+// logged). LastUsedAt is for display (grants list): it is written at most
+// once per LastUsedGranularity, sparing each token request and redemption
+// an fsynced write.
+func (s *Server) RecordGrantUse(ctx context.Context, g broker.Grant, now time.Time) {
+	if now.Sub(g.LastUsedAt) < LastUsedGranularity {
+		return
+	}
+	if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
+		x.LastUsedAt = now
+		return x, nil
+	}); err != nil {
+		s.o.Logger.WarnContext(ctx, "record grant use", "grant", g.ID, "err", err)
+	}
 }
 
 func refreshCheck(client broker.Client) func(broker.RefreshToken) error {

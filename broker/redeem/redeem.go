@@ -68,8 +68,6 @@ const (
 	MaxBody = 16 << 10
 	// maxName bounds connector and tool names.
 	maxName = 256
-	// lastUsedGranularity: Grant.LastUsedAt is written at most this often.
-	lastUsedGranularity = time.Minute
 	// TokenTypeAccessToken is the RFC 8693 token type of access tokens.
 	TokenTypeAccessToken = "urn:ietf:params:oauth:token-type:access_token"
 	// ConnectorURNPrefix may precede a connector name in the resource or
@@ -445,15 +443,7 @@ func (s *Service) granted(ctx context.Context, w http.ResponseWriter, r *http.Re
 		oauth.WriteError(w, r, oauth.ErrTemporarilyUnavailable.WithDescription("the audit record could not be written, so no credential was issued; try again"))
 		return false
 	}
-	now := s.o.Now()
-	if now.Sub(g.LastUsedAt) >= lastUsedGranularity { // else recorded recently: spare the hot path a write
-		if _, err := s.o.Store.Grants().Update(ctx, g.ID, func(x broker.Grant) (broker.Grant, error) {
-			x.LastUsedAt = now
-			return x, nil
-		}); err != nil {
-			s.o.Logger.WarnContext(ctx, "redeem: record grant use", "grant", g.ID, "err", err)
-		}
-	}
+	s.o.Auth.RecordGrantUse(ctx, g, s.o.Now())
 	s.o.Logger.InfoContext(ctx, "credential redeemed", "action", ev.Action, "resource", ev.Resource, "user", ev.UserID,
 		"client_id", ev.ClientID, "tool", ev.Tool, "connection", ev.ConnectionID, "grant", ev.GrantID)
 	return true
