@@ -334,18 +334,30 @@ func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Several grants often share a client or an MCP server: read each once.
+	clients, resources := map[string]string{}, map[string]string{}
 	var out []agentView
 	for _, g := range grants {
 		if g.Revoked() {
 			continue
 		}
-		v := agentView{Grant: g, Client: g.ClientID, Resource: g.Resource}
-		if c, err := u.o.Store.Clients().Get(ctx, g.ClientID); err == nil && c.Name != "" {
-			v.Client = c.Name
+		client, ok := clients[g.ClientID]
+		if !ok {
+			client = g.ClientID
+			if c, err := u.o.Store.Clients().Get(ctx, g.ClientID); err == nil && c.Name != "" {
+				client = c.Name
+			}
+			clients[g.ClientID] = client
 		}
-		if res, err := u.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource); err == nil && res.Name != "" {
-			v.Resource = res.Name
+		resource, ok := resources[g.Resource]
+		if !ok {
+			resource = g.Resource
+			if res, err := u.o.Store.Resources().GetBy(ctx, broker.IndexURI, g.Resource); err == nil && res.Name != "" {
+				resource = res.Name
+			}
+			resources[g.Resource] = resource
 		}
+		v := agentView{Grant: g, Client: client, Resource: resource}
 		for _, id := range g.ConnectionIDs {
 			if name, ok := conns[id]; ok {
 				v.Accounts = append(v.Accounts, name)
