@@ -328,7 +328,11 @@ func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 	}
 	names := u.connectorNames()
 	for _, c := range list {
-		conns[c.ID] = names[c.Connector] + ": " + c.Account
+		name := names[c.Connector]
+		if name == "" {
+			name = c.Connector
+		}
+		conns[c.ID] = name + ": " + c.Account
 	}
 	grants, err := broker.ListAll(ctx, u.o.Store.Grants(), broker.Query{Index: broker.IndexUser, Value: user.ID})
 	if err != nil {
