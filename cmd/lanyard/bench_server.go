@@ -180,30 +180,44 @@ func (m *Main) benchServer(ctx context.Context, args []string) error {
 // audit record, code) and signs an access token for the grant.
 func benchSeed(ctx context.Context, a *app, n int, ttl time.Duration) ([]benchGrant, error) {
 	out := make([]benchGrant, n)
+	err := benchParallel(n, func(i int) error {
+		g, err := benchSeedUser(ctx, a, i, ttl)
+		if err != nil {
+			return fmt.Errorf("user %d: %w", i, err)
+		}
+		out[i] = g
+		return nil
+	})
+	return out, err
+}
+
+// benchParallel runs do(0..n-1) on 32 goroutines and returns the first
+// error; after one, no further i is started.
+func benchParallel(n int, do func(i int) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 32)
+	var once sync.Once
+	var failed atomic.Bool
+	var first error
 	for range 32 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= n {
+				if i >= n || failed.Load() {
 					return
 				}
-				g, err := benchSeedUser(ctx, a, i, ttl)
-				if err != nil {
-					errs <- fmt.Errorf("user %d: %w", i, err)
+				if err := do(i); err != nil {
+					once.Do(func() { first = err })
+					failed.Store(true)
 					return
 				}
-				out[i] = g
 			}
 		}()
 	}
 	wg.Wait()
-	close(errs)
-	return out, <-errs
+	return first
 }
 
 func benchSeedUser(ctx context.Context, a *app, i int, ttl time.Duration) (benchGrant, error) {
@@ -250,34 +264,13 @@ func benchSeedUser(ctx context.Context, a *app, i int, ttl time.Duration) (bench
 // into the store, so the grant table is large while the redeemed grants
 // stay the same.
 func benchExtraGrants(ctx context.Context, a *app, seeded []benchGrant, n int) error {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n || firstErr.Load() != nil {
-					return
-				}
-				s := seeded[i%len(seeded)]
-				now := time.Now()
-				g := broker.Grant{ID: broker.NewID(), UserID: s.User, ClientID: benchClientID + "-filler-" + strconv.Itoa(i),
-					Resource: benchResourceURI, Scopes: []string{benchScope}, CreatedAt: now, UpdatedAt: now}
-				if err := a.store.Grants().Create(ctx, g); err != nil {
-					firstErr.Store(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err, ok := firstErr.Load().(error); ok {
-		return err
-	}
-	return nil
+	return benchParallel(n, func(i int) error {
+		s := seeded[i%len(seeded)]
+		now := time.Now()
+		g := broker.Grant{ID: broker.NewID(), UserID: s.User, ClientID: benchClientID + "-filler-" + strconv.Itoa(i),
+			Resource: benchResourceURI, Scopes: []string{benchScope}, CreatedAt: now, UpdatedAt: now}
+		return a.store.Grants().Create(ctx, g)
+	})
 }
 
 // benchCode stores an authorization request of u for the bench agent and
@@ -335,32 +328,15 @@ func benchControl(a *app, grants []benchGrant) http.Handler {
 			return
 		}
 		codes := make([]string, n)
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		var firstErr atomic.Value
-		for range 32 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= n || firstErr.Load() != nil {
-						return
-					}
-					g := grants[i%len(grants)]
-					u, err := a.store.Users().Get(r.Context(), g.User)
-					if err == nil {
-						codes[i], err = benchCode(r.Context(), a, u, authserver.Decision{Approve: true, Remembered: true})
-					}
-					if err != nil {
-						firstErr.Store(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		if err, ok := firstErr.Load().(error); ok {
+		err = benchParallel(n, func(i int) error {
+			g := grants[i%len(grants)]
+			u, err := a.store.Users().Get(r.Context(), g.User)
+			if err == nil {
+				codes[i], err = benchCode(r.Context(), a, u, authserver.Decision{Approve: true, Remembered: true})
+			}
+			return err
+		})
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
