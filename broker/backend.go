@@ -85,3 +85,17 @@ func ExpiryStamp(exp time.Time) [12]byte {
 	binary.BigEndian.PutUint32(b[8:], uint32(exp.Nanosecond()))
 	return b
 }
+
+// KeepConsumed wraps fn, the function given to a SingleUseTable's Update,
+// so that the stored ConsumedAt always wins over the one fn returns: a
+// consumed record stays consumed (an Update cannot re-open it to a
+// replay), and an unconsumed one is consumed only by Consume or Rotate.
+func KeepConsumed[T SingleUse[T]](fn func(T) (T, error)) func(T) (T, error) {
+	return func(old T) (T, error) {
+		rec, err := fn(old)
+		if err != nil {
+			return rec, err
+		}
+		return rec.WithConsumedAt(old.ConsumedAt()), nil
+	}
+}

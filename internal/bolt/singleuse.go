@@ -27,13 +27,7 @@ func newSingleUse[T broker.SingleUse[T]](db *DB, kind string) *singleUse[T] {
 // consumed (an Update cannot un-consume it and re-open it to a replay), and
 // an unconsumed one is consumed only by Consume or Rotate.
 func (s *singleUse[T]) Update(ctx context.Context, id string, fn func(T) (T, error)) (T, error) {
-	return s.table.Update(ctx, id, func(old T) (T, error) {
-		rec, err := fn(old)
-		if err != nil {
-			return rec, err
-		}
-		return rec.WithConsumedAt(old.ConsumedAt()), nil
-	})
+	return s.table.Update(ctx, id, broker.KeepConsumed(fn))
 }
 
 // Consume implements broker.SingleUseTable. A record consumed already is
