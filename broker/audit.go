@@ -72,3 +72,16 @@ type AuditLog interface {
 	// Range returns up to limit records with Seq > after, in order.
 	Range(ctx context.Context, after uint64, limit int) ([]AuditEvent, error)
 }
+
+// Chained returns e as record seq of the chain after the record whose hash
+// is prevHash: with Seq and PrevHash set, Time set to now if zero and made
+// UTC, and Hash computed. AuditLog backends append what it returns.
+func (e AuditEvent) Chained(seq uint64, prevHash string, now time.Time) AuditEvent {
+	e.Seq, e.PrevHash = seq, prevHash
+	if e.Time.IsZero() {
+		e.Time = now
+	}
+	e.Time = e.Time.UTC()
+	e.Hash = e.ChainHash()
+	return e
+}

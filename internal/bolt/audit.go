@@ -38,7 +38,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 		if err != nil {
 			return err
 		}
-		e.Seq, e.PrevHash = 1, ""
+		seq, prev := uint64(1), ""
 		if k, v := b.Cursor().Last(); k != nil {
 			var last struct { // only the hash: the rest is not needed
 				Hash string `json:"hash"`
@@ -46,13 +46,9 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 			if err := json.Unmarshal(v, &last); err != nil {
 				return fmt.Errorf("audit: last record unreadable: %w", err)
 			}
-			e.Seq, e.PrevHash = binary.BigEndian.Uint64(k)+1, last.Hash
+			seq, prev = binary.BigEndian.Uint64(k)+1, last.Hash
 		}
-		if e.Time.IsZero() {
-			e.Time = a.db.now()
-		}
-		e.Time = e.Time.UTC()
-		e.Hash = e.ChainHash()
+		e = e.Chained(seq, prev, a.db.now())
 		v, err := json.Marshal(e)
 		if err != nil {
 			return err

@@ -71,13 +71,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 				return true, nil
 			}
 		}
-		ev := e
-		ev.Seq, ev.PrevHash = head.Seq+1, head.Hash
-		if ev.Time.IsZero() {
-			ev.Time = a.s.now()
-		}
-		ev.Time = ev.Time.UTC()
-		ev.Hash = ev.ChainHash()
+		ev := e.Chained(head.Seq+1, head.Hash, a.s.now())
 		rec, err := json.Marshal(ev)
 		if err != nil {
 			return false, err
