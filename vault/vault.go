@@ -769,15 +769,27 @@ func (s *Store) Ping(ctx context.Context) error {
 		return err
 	}
 	// A Vault that is up but refuses Lanyard's token (a revoked token, an
-	// AppRole whose secret id stopped working) is not ready either. The
-	// token may always look itself up (Vault's default policy).
+	// AppRole whose secret id stopped working) is not ready either.
 	return s.call(ctx, "ping", "", func(ctx context.Context, token string) error {
 		_, err := read(ctx, func(ctx context.Context) (*api.Secret, error) {
 			return s.as(token).Auth().Token().LookupSelfWithContext(ctx)
 		})
-		if statusOf(err) == http.StatusForbidden {
+		switch {
+		case statusOf(err) != http.StatusForbidden:
+			return err
+		case s.cfg.AppRole == nil:
 			return &api.ResponseError{StatusCode: http.StatusServiceUnavailable, Errors: []string{"Vault refuses Lanyard's token"}}
+		case s.lookupIsDenied():
+			return nil // the role's tokens may not look themselves up: nothing to learn here
 		}
-		return err
+		return err // call logs in again if the token is invalid, and tries once more
 	})
+}
+
+// lookupIsDenied reports whether the AppRole's tokens were found unable to
+// look themselves up.
+func (s *Store) lookupIsDenied() bool {
+	s.loginMu.Lock()
+	defer s.loginMu.Unlock()
+	return s.lookupDenied
 }
