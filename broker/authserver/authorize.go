@@ -2,7 +2,6 @@ package authserver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,8 +12,6 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 )
-
-func writeJSONBody(w http.ResponseWriter, v any) { _ = json.NewEncoder(w).Encode(v) }
 
 // authorize validates an authorization request. Until the client and its
 // redirect URI are known to be valid, errors are shown to the user by
@@ -128,17 +125,10 @@ func grantableScopes(res broker.Resource, raw string) ([]string, *oauth.Error) {
 	}
 	for _, sc := range req {
 		if sc != ScopeOfflineAccess && !slices.Contains(res.Scopes, sc) {
-			return nil, oauth.ErrInvalidScope.WithDescription(fmt.Sprintf("scope %q is not offered by this MCP server", printable(sc)))
+			return nil, oauth.ErrInvalidScope.WithDescription(fmt.Sprintf("scope %q is not offered by this MCP server", oauth.Printable(sc)))
 		}
 	}
 	return req, nil
-}
-
-func printable(s string) string {
-	if len(s) > 64 {
-		s = s[:64]
-	}
-	return s
 }
 
 func grantTypes(c broker.Client) []string {

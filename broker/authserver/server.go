@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -201,7 +202,7 @@ func (s *Server) Metadata(ctx context.Context) map[string]any {
 func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "public, max-age=300")
-	writeJSONBody(w, s.Metadata(r.Context()))
+	_ = json.NewEncoder(w).Encode(s.Metadata(r.Context()))
 }
 
 func (s *Server) jwks(w http.ResponseWriter, r *http.Request) {

@@ -72,20 +72,21 @@ func fromValues(v url.Values) (Params, error) {
 		}
 		switch {
 		case len(vals) > 1:
-			return nil, ErrInvalidRequest.WithDescription(fmt.Sprintf("parameter %q is repeated", printable(name)))
+			return nil, ErrInvalidRequest.WithDescription(fmt.Sprintf("parameter %q is repeated", Printable(name)))
 		case len(nonEmpty) == 0:
 			continue
 		}
 		if !utf8.ValidString(nonEmpty[0]) || strings.ContainsRune(nonEmpty[0], 0) {
-			return nil, ErrInvalidRequest.WithDescription(fmt.Sprintf("parameter %q is not valid text", printable(name)))
+			return nil, ErrInvalidRequest.WithDescription(fmt.Sprintf("parameter %q is not valid text", Printable(name)))
 		}
 		p[name] = nonEmpty[0]
 	}
 	return p, nil
 }
 
-// printable bounds and sanitises a client-supplied name for an error text.
-func printable(s string) string {
+// Printable bounds and sanitises client-supplied text (a parameter name, a
+// scope) for an error description.
+func Printable(s string) string {
 	if len(s) > 40 {
 		s = s[:40]
 	}
