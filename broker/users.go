@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"regexp"
@@ -53,4 +54,14 @@ func EnsureAdmin(ctx context.Context, users Table[User], username, passwordHash 
 		return false, fmt.Errorf("ensure admin: %w", err)
 	}
 	return false, nil
+}
+
+// NewToken returns a 256-bit random value, base64url without padding, after
+// prefix (a prefix lets secret scanners recognise Lanyard's tokens). It is
+// the one source of codes, refresh tokens, state values, session cookies
+// and client secrets.
+func NewToken(prefix string) string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics instead)
+	return prefix + base64.RawURLEncoding.EncodeToString(b)
 }

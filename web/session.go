@@ -3,7 +3,6 @@ package web
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -36,12 +35,6 @@ func (u *UI) clearCookie(w http.ResponseWriter, base string) {
 		Secure: u.o.Secure, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 }
 
-func randomToken() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
 // csrfToken returns the form token for this browser, setting the browser's
 // CSRF cookie first if it has none. The token is an HMAC of the cookie, so
 // a site that cannot read the cookie cannot forge it.
@@ -51,7 +44,7 @@ func (u *UI) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	if err == nil && len(c.Value) == 43 {
 		val = c.Value
 	} else {
-		val = randomToken()
+		val = broker.NewToken("")
 		u.setCookie(w, "csrf", val, 24*time.Hour)
 		// Later reads in this request see the new cookie.
 		r.AddCookie(&http.Cookie{Name: u.cookieName("csrf"), Value: val})
@@ -101,13 +94,13 @@ func (u *UI) startSession(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if c, err := r.Cookie(u.cookieName("session")); err == nil && c.Value != "" {
 		_ = u.o.Store.Sessions().Delete(ctx, broker.HashSecret(c.Value))
 	}
-	val, now := randomToken(), u.o.Now()
+	val, now := broker.NewToken(""), u.o.Now()
 	s := broker.Session{ID: broker.HashSecret(val), UserID: user.ID, AuthTime: now, CreatedAt: now, ExpiresAt: now.Add(u.o.SessionTTL)}
 	if err := u.o.Store.Sessions().Create(ctx, s); err != nil {
 		return err
 	}
 	u.setCookie(w, "session", val, u.o.SessionTTL)
-	u.setCookie(w, "csrf", randomToken(), 24*time.Hour)
+	u.setCookie(w, "csrf", broker.NewToken(""), 24*time.Hour)
 	return nil
 }
 

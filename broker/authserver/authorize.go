@@ -52,7 +52,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, s.errorRedirect(redirectURI, state, oerr), http.StatusFound)
 		return
 	}
-	req.ID = newSecret("")
+	req.ID = broker.NewToken("")
 	req.ClientID, req.RedirectURI, req.State = client.ID, redirectURI, state
 	now := s.now()
 	req.CreatedAt, req.ExpiresAt = now, now.Add(AuthRequestTTL)
@@ -290,7 +290,7 @@ func (s *Server) Decide(ctx context.Context, id string, user broker.User, d Deci
 	if err != nil {
 		return "", err
 	}
-	code := newSecret("lyc_")
+	code := broker.NewToken("lyc_")
 	now := s.now()
 	rec := broker.AuthCode{
 		ID: broker.HashSecret(code), ClientID: req.ClientID, UserID: user.ID, GrantID: grant.ID,

@@ -77,7 +77,7 @@ func (s *Server) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	interval := int(s.o.DeviceInterval / time.Second)
-	deviceCode := newSecret("lyd_")
+	deviceCode := broker.NewToken("lyd_")
 	var rec broker.DeviceCode
 	for range 5 { // a user-code collision is possible, if rare
 		rec = broker.DeviceCode{ID: broker.HashSecret(deviceCode), UserCode: newUserCode(), ClientID: client.ID,

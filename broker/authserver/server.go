@@ -14,8 +14,6 @@ package authserver
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -225,14 +223,6 @@ func (r storeResolver) Resolve(ctx context.Context, id string) (broker.Client, e
 		return c, oauth.ErrInvalidClient.WithDescription("unknown client")
 	}
 	return c, err
-}
-
-// newSecret returns a 256-bit random value, base64url, with a prefix that
-// secret scanners can recognise.
-func newSecret(prefix string) string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return prefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
 // errorRedirect builds the redirect that reports err to the client

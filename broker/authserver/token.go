@@ -226,7 +226,7 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 		return tokenResponse{}, err
 	}
 	if slices.Contains(refreshScopes, ScopeOfflineAccess) && slices.Contains(grantTypes(client), GrantRefreshToken) {
-		rt := newSecret("lyr_")
+		rt := broker.NewToken("lyr_")
 		rec := broker.RefreshToken{ID: broker.HashSecret(rt), GrantID: g.ID, ClientID: client.ID, Scopes: refreshScopes,
 			IssuedAt: now, ExpiresAt: now.Add(s.o.RefreshTokenTTL)}
 		if oldRefresh == "" {

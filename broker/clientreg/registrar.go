@@ -3,7 +3,6 @@ package clientreg
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -175,7 +174,7 @@ func (g *Registrar) register(w http.ResponseWriter, r *http.Request) (*Registrat
 	}
 	resp := &RegistrationResponse{ClientID: c.ID, ClientIDIssuedAt: now.Unix(), Metadata: m}
 	if m.TokenEndpointAuthMethod != AuthNone {
-		secret := newSecret()
+		secret := broker.NewToken("")
 		c.SecretHash = broker.HashSecret(secret)
 		resp.ClientSecret = secret
 		var never int64
@@ -185,13 +184,6 @@ func (g *Registrar) register(w http.ResponseWriter, r *http.Request) (*Registrat
 		return nil, storeErr(err, "")
 	}
 	return resp, nil
-}
-
-// newSecret returns 256 random bits, base64url without padding.
-func newSecret() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b) // never fails (crypto/rand panics instead)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // allow reports whether the address in remoteAddr may register now.

@@ -14,7 +14,6 @@ package links
 import (
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -176,7 +175,7 @@ func (s *Service) BeginLink(ctx context.Context, userID, sessionID, connectorNam
 			return "", err
 		}
 	}
-	state := randomToken()
+	state := broker.NewToken("")
 	now := s.o.Now()
 	if err := s.o.Store.PendingLinks().Create(ctx, broker.PendingLink{ID: broker.HashSecret(state), UserID: userID,
 		SessionID: sessionID, Connector: connectorName, ConnectionID: relinkID, CreatedAt: now, ExpiresAt: now.Add(LinkTTL)}); err != nil {
@@ -233,12 +232,6 @@ func (s *Service) linkState(state, connectorName string) connectors.LinkState {
 // connector.
 func (s *Service) CallbackURL(connectorName string) string {
 	return s.o.CallbackURL + "/" + url.PathEscape(connectorName)
-}
-
-func randomToken() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // save stores a linked account: secret first (check-and-set), then the
