@@ -78,10 +78,9 @@ func (u *UI) accounts(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	names := u.connectorNames()
 	securityHeaders(w, u.redirectOrigins(r.Context()))
 	u.render(w, r, http.StatusOK, "accounts", map[string]any{
-		"User": user, "CSRF": u.csrfToken(w, r), "Connections": conns, "Names": names,
+		"User": user, "CSRF": u.csrfToken(w, r), "Connections": conns,
 		"Connectors": u.connectorViews(), "Notice": notice(r.URL.Query().Get("done")),
 	})
 	return nil

@@ -198,7 +198,6 @@ func (u *UI) consentForm(w http.ResponseWriter, r *http.Request) error {
 		"Scopes": pd.Request.Scopes, "RedirectHost": host,
 		"Localhost":   redirect != nil && oauth.IsLoopbackHost(redirect.Hostname()),
 		"Connections": pd.Connections, "Offline": slices.Contains(pd.Request.Scopes, authserver.ScopeOfflineAccess),
-		"Names": u.connectorNames(),
 	})
 	return nil
 }
@@ -268,7 +267,7 @@ func (u *UI) device(w http.ResponseWriter, r *http.Request) error {
 	}
 	u.render(w, r, http.StatusOK, "device_confirm", map[string]any{
 		"CSRF": u.csrfToken(w, r), "UserCode": dp.UserCode, "User": user, "Client": dp.Client,
-		"Resource": dp.Resource, "Scopes": dp.Scopes, "Connections": dp.Connections, "Names": u.connectorNames(),
+		"Resource": dp.Resource, "Scopes": dp.Scopes, "Connections": dp.Connections,
 	})
 	return nil
 }
@@ -326,13 +325,8 @@ func (u *UI) agents(r *http.Request, user broker.User) ([]agentView, error) {
 	if err != nil {
 		return nil, err
 	}
-	names := u.connectorNames()
 	for _, c := range list {
-		name := names[c.Connector]
-		if name == "" {
-			name = c.Connector
-		}
-		conns[c.ID] = name + ": " + c.Account
+		conns[c.ID] = u.connectorName(c.Connector) + ": " + c.Account
 	}
 	grants, err := broker.ListAll(ctx, u.o.Store.Grants(), broker.Query{Index: broker.IndexUser, Value: user.ID})
 	if err != nil {
@@ -383,15 +377,13 @@ func (u *UI) audit(ctx context.Context, e broker.AuditEvent) {
 	}
 }
 
-// connectorNames maps connector names to the names people see; a connector
-// no longer configured shows under its own name.
-func (u *UI) connectorNames() map[string]string {
-	names := map[string]string{}
-	if u.o.Links == nil {
-		return names
+// connectorName is the name people see for a connector; one no longer
+// configured shows under its own name. Templates call it as connectorName.
+func (u *UI) connectorName(name string) string {
+	if u.o.Links != nil {
+		if c, err := u.o.Links.Connector(name); err == nil {
+			return c.DisplayName()
+		}
 	}
-	for _, c := range u.o.Links.Connectors() {
-		names[c.Name()] = c.DisplayName()
-	}
-	return names
+	return name
 }

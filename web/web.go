@@ -82,7 +82,7 @@ func New(o Options) (*UI, error) {
 		o.SessionTTL = 12 * time.Hour
 	}
 	u := &UI{o: o, tmpl: map[string]*template.Template{}, cop: http.NewCrossOriginProtection()}
-	funcs := template.FuncMap{"usercode": authserver.FormatUserCode, "join": strings.Join}
+	funcs := template.FuncMap{"usercode": authserver.FormatUserCode, "join": strings.Join, "connectorName": u.connectorName}
 	for _, page := range []string{"login", "consent", "device", "device_confirm", "home", "error", "done", "accounts", "link", "unlink"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
