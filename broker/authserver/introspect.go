@@ -59,12 +59,7 @@ func (s *Server) VerifyAccessToken(ctx context.Context, raw, aud string) (token.
 // It saves VerifyAccessToken's read of the registration (the hot path of
 // redemption and introspection).
 func (s *Server) VerifyAccessTokenFor(ctx context.Context, raw string, res broker.Resource) (token.Claims, broker.Grant, error) {
-	return s.verifyAccessToken(ctx, raw, res.URI, func(g broker.Grant) error {
-		if g.ResourceID != "" && g.ResourceID != res.ID {
-			return fmt.Errorf("grant %s was made for registration %s, not %s: %w", g.ID, g.ResourceID, res.ID, broker.ErrNotFound)
-		}
-		return nil
-	})
+	return s.verifyAccessToken(ctx, raw, res.URI, func(g broker.Grant) error { return madeFor(g, res) })
 }
 
 func (s *Server) verifyAccessToken(ctx context.Context, raw, aud string, registered func(broker.Grant) error) (token.Claims, broker.Grant, error) {
@@ -187,6 +182,12 @@ func (s *Server) sameRegistration(ctx context.Context, g broker.Grant) error {
 	if err != nil {
 		return err
 	}
+	return madeFor(g, res)
+}
+
+// madeFor reports whether g was made for the registration res (grants from
+// before registrations were recorded in them pass).
+func madeFor(g broker.Grant, res broker.Resource) error {
 	if g.ResourceID != "" && g.ResourceID != res.ID {
 		return fmt.Errorf("grant %s was made for registration %s, not %s: %w", g.ID, g.ResourceID, res.ID, broker.ErrNotFound)
 	}
