@@ -42,7 +42,6 @@ package redeem
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +58,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker/links"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 	"github.com/lanyardhq/lanyard/connectors"
+	"github.com/lanyardhq/lanyard/internal/codec"
 	"github.com/lanyardhq/lanyard/internal/httpx"
 )
 
@@ -511,17 +511,17 @@ func parseRequest(w http.ResponseWriter, r *http.Request) (Request, *failure) {
 	if r.URL.RawQuery != "" {
 		return req, fail(oauth.ErrInvalidRequest, "parameters must be sent in the body, not the query string")
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return req, fail(oauth.ErrInvalidRequest.WithStatus(http.StatusRequestEntityTooLarge), "request body is larger than %d bytes", MaxBody)
 		}
-		return req, fail(oauth.ErrInvalidRequest, "request body must be one JSON object with token, connector and tool (and no other members)")
+		return req, fail(oauth.ErrInvalidRequest, "request body could not be read")
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, fail(oauth.ErrInvalidRequest, "request body must hold one JSON object only")
+	// One JSON object, each member once, nothing after it.
+	if err := codec.DecodeStrict(body, &req); err != nil {
+		return req, fail(oauth.ErrInvalidRequest, "request body must be one JSON object with token, connector and tool, each once (and no other members)")
 	}
 	if !validName(req.Connector, true) || !validName(req.Tool, true) {
 		return req, fail(oauth.ErrInvalidRequest, "connector and tool must be short printable names")

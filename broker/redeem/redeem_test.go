@@ -98,7 +98,11 @@ func TestRedeemDenials(t *testing.T) {
 		{"token missing", mcpID, mcpSecret, req("", "keys", policyRead), 400, "invalid_request", "token is required", ""},
 		{"unknown member", mcpID, mcpSecret, `{"token":"x","connector":"keys","tool":"t","scope":"all"}`, 400, "invalid_request", "no other members", ""},
 		{"not JSON", mcpID, mcpSecret, `token=x`, 400, "invalid_request", "JSON object", ""},
-		{"two objects", mcpID, mcpSecret, `{"token":"x"}{"token":"y"}`, 400, "invalid_request", "one JSON object only", ""},
+		{"two objects", mcpID, mcpSecret, `{"token":"x"}{"token":"y"}`, 400, "invalid_request", "one JSON object", ""},
+		// encoding/json would let the last "token" win; a proxy or an MCP
+		// server reading the first would see another request.
+		{"duplicate member", mcpID, mcpSecret, `{"token":"x","connector":"keys","tool":"t","token":"y"}`, 400, "invalid_request", "each once", ""},
+		{"invalid UTF-8", mcpID, mcpSecret, "{\"token\":\"x\xff\",\"connector\":\"keys\",\"tool\":\"t\"}", 400, "invalid_request", "JSON object", ""},
 		{"body over 16 KiB", mcpID, mcpSecret, `{"token":"` + strings.Repeat("a", 17<<10) + `"}`, 413, "invalid_request", "larger than", ""},
 	}
 	for _, tc := range tests {
@@ -115,7 +119,7 @@ func TestRedeemDenials(t *testing.T) {
 			// logged, but anyone could send such requests: they do not
 			// go into the durable audit chain.
 			unauthenticated := tc.code == "invalid_client" || tc.status == 413 ||
-				slices.Contains([]string{"unknown member", "not JSON", "two objects"}, tc.name)
+				slices.Contains([]string{"unknown member", "not JSON", "two objects", "duplicate member", "invalid UTF-8"}, tc.name)
 			switch {
 			case unauthenticated && ev.Seq != before:
 				t.Errorf("an unauthenticated request added audit record %+v", ev)

@@ -9,6 +9,7 @@ import (
 	bbolt "go.etcd.io/bbolt"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 )
 
 const auditBucket = "audit"
@@ -43,7 +44,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 			var last struct { // only the hash: the rest is not needed
 				Hash string `json:"hash"`
 			}
-			if err := json.Unmarshal(v, &last); err != nil {
+			if err := codec.Decode(v, &last); err != nil {
 				return fmt.Errorf("audit: last record unreadable: %w", err)
 			}
 			seq, prev = binary.BigEndian.Uint64(k)+1, last.Hash
@@ -72,7 +73,7 @@ func (a auditLog) Range(ctx context.Context, after uint64, limit int) ([]broker.
 		c := b.Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
 			var e broker.AuditEvent
-			if err := json.Unmarshal(v, &e); err != nil {
+			if err := codec.Decode(v, &e); err != nil {
 				return fmt.Errorf("audit record %d unreadable: %w", binary.BigEndian.Uint64(k), err)
 			}
 			out = append(out, e)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 	bbolt "go.etcd.io/bbolt"
 )
 
@@ -54,7 +55,7 @@ func (t *table[T]) init(tx *bbolt.Tx) error {
 	}
 	return b.ForEach(func(k, v []byte) error {
 		var rec T
-		if err := json.Unmarshal(v, &rec); err != nil {
+		if err := codec.Decode(v, &rec); err != nil {
 			return fmt.Errorf("%s %q: decode: %w", t.kind, k, err)
 		}
 		if exp := rec.RecordExpiry(); !exp.IsZero() {
@@ -266,7 +267,7 @@ func (t *table[T]) load(tx *bbolt.Tx, id string) (T, bool, error) {
 	if !ok {
 		return rec, false, nil
 	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
+	if err := codec.Decode(raw, &rec); err != nil {
 		return rec, false, fmt.Errorf("%s %q: decode: %w", t.kind, id, err)
 	}
 	return rec, true, nil

@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 )
 
 // auditLog is the hash-chained audit record: P audit/<20-digit seq> holds
@@ -61,7 +62,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 		}
 		var head auditHead
 		if kv != nil {
-			if err := json.Unmarshal(kv.Value, &head); err != nil {
+			if err := codec.Decode(kv.Value, &head); err != nil {
 				return false, fmt.Errorf("audit: head unreadable: %w", err)
 			}
 		}
@@ -138,7 +139,7 @@ func (a auditLog) Range(ctx context.Context, after uint64, limit int) (out []bro
 	}
 	for _, kv := range resp.Kvs {
 		var e broker.AuditEvent
-		if err := json.Unmarshal(kv.Value, &e); err != nil {
+		if err := codec.Decode(kv.Value, &e); err != nil {
 			return nil, fmt.Errorf("audit record %s unreadable: %w", kv.Key, err)
 		}
 		out = append(out, e)

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 )
 
 // table stores one kind of record under P rec/<kind>/, with its index,
@@ -63,7 +64,7 @@ func expStamp(exp time.Time) string {
 
 func (t *table[T]) decode(kv *mvccpb.KeyValue) (T, error) {
 	var rec T
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+	if err := codec.Decode(kv.Value, &rec); err != nil {
 		return rec, fmt.Errorf("%s %q: decode: %w", t.kind, strings.TrimPrefix(string(kv.Key), t.recPrefix()), err)
 	}
 	return rec, nil
