@@ -136,7 +136,7 @@ func sampleGrant(tb testing.TB) []byte {
 		ClientID: "https://agent.example.com/oauth/client-metadata.json", Resource: "https://mail.example.com/mcp",
 		ResourceID: "r_9f8e7d6c5b4a", Scopes: []string{"mail.read", "mail.send"},
 		ConnectionIDs: []string{"c_00112233445566778899aabbccddeeff", "c_ffeeddccbbaa99887766554433221100"},
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(90 * 24 * time.Hour), LastUsedAt: now})
+		CreatedAt:     now, UpdatedAt: now, ExpiresAt: now.Add(90 * 24 * time.Hour), LastUsedAt: now})
 	if err != nil {
 		tb.Fatal(err)
 	}
