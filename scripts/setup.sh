@@ -16,7 +16,7 @@ APT_PACKAGES=(ca-certificates git curl gcc libc6-dev
 )
 
 STATICCHECK_VERSION=v0.8.2   # honnef.co/go/tools, 2026.1.x
-BBOLT_VERSION=v1.4.3         # go.etcd.io/bbolt CLI for `bbolt check`
+BBOLT_VERSION=v1.5.0         # go.etcd.io/bbolt CLI for `bbolt check`
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
