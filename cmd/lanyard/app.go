@@ -20,6 +20,7 @@ import (
 	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/config"
 	"github.com/lanyardhq/lanyard/internal/etcd"
+	"github.com/lanyardhq/lanyard/internal/gctune"
 	"github.com/lanyardhq/lanyard/internal/metrics"
 	"github.com/lanyardhq/lanyard/internal/password"
 	"github.com/lanyardhq/lanyard/internal/server"
@@ -35,6 +36,7 @@ type app struct {
 	store    broker.Store
 	secrets  broker.SecretStore
 	closeSec func()
+	stopGC   func()
 	srv      *server.Server
 	keys     *token.Keyring
 	auth     *authserver.Server
@@ -148,6 +150,7 @@ func (m *Main) openApp(ctx context.Context, cfg config.Config) (_ *app, err erro
 			a.close()
 		}
 	}()
+	a.stopGC = gctune.Start(uint64(cfg.Runtime.GCHeadroomMB)<<20, a.log)
 	obs := a.metrics.Observer()
 	if a.store, err = openStore(ctx, cfg, obs); err != nil {
 		return nil, err
@@ -277,6 +280,9 @@ func (a *app) close() {
 		if err := a.store.Close(); err != nil {
 			a.log.Error("close store", "err", err)
 		}
+	}
+	if a.stopGC != nil {
+		a.stopGC()
 	}
 }
 

@@ -37,6 +37,7 @@ type Config struct {
 	DataDir string  `yaml:"data_dir"`
 	Log     Log     `yaml:"log"`
 	HTTP    HTTP    `yaml:"http"`
+	Runtime Runtime `yaml:"runtime"`
 	Store   Store   `yaml:"store"`
 	Secrets Secrets `yaml:"secrets"`
 	OAuth   OAuth   `yaml:"oauth"`
@@ -65,6 +66,14 @@ type HTTP struct {
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	MaxHeaderBytes    int           `yaml:"max_header_bytes"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Runtime tunes the Go runtime (internal/gctune).
+type Runtime struct {
+	// GCHeadroomMB lets the heap grow by at least this many MiB above the
+	// live heap between garbage collections; 0 is Go's default (GOGC=100).
+	// The GOGC environment variable, if set, wins.
+	GCHeadroomMB int `yaml:"gc_headroom_mb"`
 }
 
 // Store selects the metadata store.
@@ -292,6 +301,7 @@ func Default() Config {
 			MaxHeaderBytes:    32 << 10,
 			ShutdownTimeout:   15 * time.Second,
 		},
+		Runtime: Runtime{GCHeadroomMB: 64},
 		Store:   Store{Backend: "bolt", Etcd: Etcd{Prefix: "/lanyard/", DialTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second}},
 		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
 		OAuth: OAuth{
@@ -461,6 +471,9 @@ func (c *Config) finish() Problems {
 	}
 	if c.HTTP.MaxHeaderBytes < 4<<10 || c.HTTP.MaxHeaderBytes > 1<<20 {
 		add("http.max_header_bytes: %d is outside 4096..1048576", c.HTTP.MaxHeaderBytes)
+	}
+	if c.Runtime.GCHeadroomMB < 0 || c.Runtime.GCHeadroomMB > 1<<16 {
+		add("runtime.gc_headroom_mb: %d is outside 0..65536", c.Runtime.GCHeadroomMB)
 	}
 	switch c.Store.Backend {
 	case "bolt":
