@@ -3,6 +3,7 @@ package authserver
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/lanyardhq/lanyard/broker"
 	"github.com/lanyardhq/lanyard/broker/oauth"
 	"github.com/lanyardhq/lanyard/broker/token"
+	"github.com/lanyardhq/lanyard/internal/httpx"
 )
 
 // LastUsedGranularity: Grant.LastUsedAt is written at most this often
@@ -241,8 +243,8 @@ func (s *Server) issue(ctx context.Context, client broker.Client, g broker.Grant
 		resp.RefreshToken = rt
 	}
 	s.RecordGrantUse(ctx, g, now)
-	s.o.Logger.InfoContext(ctx, "token issued", "client_id", client.ID, "user", g.UserID, "aud", g.Resource,
-		"grant", g.ID, "refresh", resp.RefreshToken != "")
+	httpx.Annotate(ctx, "token issued", slog.String("client_id", client.ID), slog.String("user", g.UserID),
+		slog.String("aud", g.Resource), slog.String("grant", g.ID), slog.Bool("refresh", resp.RefreshToken != ""))
 	return resp, nil
 }
 

@@ -444,8 +444,11 @@ func (s *Service) granted(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return false
 	}
 	s.o.Auth.RecordGrantUse(ctx, g, s.o.Now())
-	s.o.Logger.InfoContext(ctx, "credential redeemed", "action", ev.Action, "resource", ev.Resource, "user", ev.UserID,
-		"client_id", ev.ClientID, "tool", ev.Tool, "connection", ev.ConnectionID, "grant", ev.GrantID)
+	// On the request's access log line (one line per redemption); the
+	// audit record has the same facts.
+	httpx.Annotate(ctx, "credential redeemed", slog.String("action", ev.Action), slog.String("resource", ev.Resource),
+		slog.String("user", ev.UserID), slog.String("client_id", ev.ClientID), slog.String("tool", ev.Tool),
+		slog.String("connection", ev.ConnectionID), slog.String("grant", ev.GrantID))
 	return true
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -47,24 +48,59 @@ func Errorf(status int, code, message string, cause error) *Error {
 
 type ctxKey int
 
-const (
-	loggerKey ctxKey = iota
-	requestIDKey
-)
+const requestKey ctxKey = 0
+
+// request is what Middleware keeps for one request: its ID, the base
+// logger, the request-scoped logger (made on first use) and the attributes
+// handlers add to its access log line.
+type request struct {
+	id     string
+	base   *slog.Logger
+	scoped atomic.Pointer[slog.Logger]
+	attrs  []slog.Attr
+}
+
+func fromContext(ctx context.Context) *request {
+	rq, _ := ctx.Value(requestKey).(*request)
+	return rq
+}
 
 // Logger returns the request-scoped logger (with request_id) set by
 // Middleware, or slog.Default.
 func Logger(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(loggerKey).(*slog.Logger); ok {
-		return l
+	rq := fromContext(ctx)
+	if rq == nil {
+		return slog.Default()
 	}
-	return slog.Default()
+	l := rq.scoped.Load()
+	if l == nil {
+		l = rq.base.With("request_id", rq.id)
+		rq.scoped.Store(l)
+	}
+	return l
 }
 
 // RequestID returns the ID Middleware gave this request.
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey).(string)
-	return id
+	if rq := fromContext(ctx); rq != nil {
+		return rq.id
+	}
+	return ""
+}
+
+// Annotate adds attributes to the request's access log line, which
+// Middleware writes when the handler returns: one line per request that
+// says what it did, rather than a line of its own. It must be called from
+// the handler's goroutine. Outside Middleware it logs the attributes at
+// info level instead, so nothing is lost.
+func Annotate(ctx context.Context, msg string, attrs ...slog.Attr) {
+	rq := fromContext(ctx)
+	if rq == nil {
+		slog.Default().LogAttrs(ctx, slog.LevelInfo, msg, attrs...)
+		return
+	}
+	rq.attrs = append(rq.attrs, slog.String("event", msg))
+	rq.attrs = append(rq.attrs, attrs...)
 }
 
 // Handle adapts h: an error becomes a JSON response {"error","error_description"}
@@ -129,18 +165,16 @@ func Middleware(log *slog.Logger, m *metrics.Metrics) mux.MiddlewareFunc {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
-			id := rand.Text()
-			l := log.With("request_id", id)
-			ctx := context.WithValue(context.WithValue(r.Context(), requestIDKey, id), loggerKey, l)
-			r = r.WithContext(ctx)
-			w.Header().Set("X-Request-Id", id)
+			rq := &request{id: rand.Text(), base: log}
+			r = r.WithContext(context.WithValue(r.Context(), requestKey, rq))
+			w.Header().Set("X-Request-Id", rq.id)
 			sw := &statusWriter{ResponseWriter: w}
 			defer func() {
 				if p := recover(); p != nil {
 					if p == http.ErrAbortHandler {
 						panic(p)
 					}
-					l.Error("panic in handler", "panic", p)
+					Logger(r.Context()).Error("panic in handler", "panic", p)
 					if sw.status == 0 {
 						WriteJSON(sw, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error"})
 					}
@@ -157,7 +191,10 @@ func Middleware(log *slog.Logger, m *metrics.Metrics) mux.MiddlewareFunc {
 				d := time.Since(start)
 				m.ObserveRequest(route, r.Method, sw.status, d)
 				// The raw path and query are not logged: they may carry codes.
-				l.Info("http request", "method", r.Method, "route", route, "status", sw.status, "duration_ms", float64(d.Microseconds())/1000)
+				attrs := append([]slog.Attr{slog.String("request_id", rq.id), slog.String("method", r.Method),
+					slog.String("route", route), slog.Int("status", sw.status),
+					slog.Float64("duration_ms", float64(d.Microseconds())/1000)}, rq.attrs...)
+				log.LogAttrs(r.Context(), slog.LevelInfo, "http request", attrs...)
 			}()
 			next.ServeHTTP(sw, r)
 		})
