@@ -47,7 +47,13 @@ type benchFlags struct {
 	vaultPid                               int
 	logLevel                               string
 	cacheTTL                               time.Duration
+	rate                                   string
+	ratePerSecond, rateOfRedeem            float64 // parsed --rate
 }
+
+// benchScenarios are the names --only takes.
+var benchScenarios = []string{"ceiling", "vault", "redeem", "exchange", "introspect", "code", "refresh",
+	"ceiling@rate", "vault@rate", "redeem@rate"}
 
 // bench is `lanyard bench`: the load generator, or (first argument) one of
 // its child processes.
@@ -79,7 +85,8 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	fs.IntVar(&f.codes, "codes", 1000, "authorization codes to mint and exchange (at most 60 s old when used)")
 	fs.StringVar(&f.jsonOut, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the server taken during the redeem scenario")
-	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run (default all): ceiling,vault,redeem,exchange,introspect,code,refresh")
+	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run (default all): ceiling,vault,redeem,exchange,introspect,code,refresh; with --rate, X@rate runs when X or X@rate is named (ceiling@rate, vault@rate, redeem@rate)")
+	fs.StringVar(&f.rate, "rate", "0", "open loop: also run ceiling, vault and redeem at this fixed arrival rate, in requests/s, or as a multiple of this run's closed-loop redeem throughput (0.5x); latency is measured from each request's intended send time (0: off)")
 	fs.IntVar(&f.vaultPid, "vault-pid", 0, "pid of the Vault server, to report its CPU time and peak RSS for the baseline")
 	fs.DurationVar(&f.cacheTTL, "credential-cache-ttl", 0, "the server's credential cache TTL (0: the default; negative: no cache, every redemption reads Vault)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "the server's log level (its log goes to a file in the run directory)")
@@ -92,6 +99,20 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	}
 	if f.users < 1 || f.concurrency < 1 || f.duration <= 0 || f.codes < f.concurrency {
 		return usagef("bench: --users and --concurrency must be positive, --duration too, and --codes at least --concurrency")
+	}
+	var err error
+	if f.ratePerSecond, f.rateOfRedeem, err = benchParseRate(f.rate); err != nil {
+		return usagef("bench: %v", err)
+	}
+	if f.only != "" {
+		for name := range strings.SplitSeq(f.only, ",") {
+			if !slices.Contains(benchScenarios, name) {
+				return usagef("bench: --only: unknown scenario %q (known: %s)", name, strings.Join(benchScenarios, ","))
+			}
+		}
+	}
+	if f.rateOfRedeem > 0 && !f.want("redeem") {
+		return usagef("bench: --rate %s is a multiple of the closed-loop redeem throughput: the redeem scenario must run", f.rate)
 	}
 	vaddr, vtok := m.Getenv("VAULT_ADDR"), m.Getenv("VAULT_TOKEN")
 	if vaddr == "" || vtok == "" {
@@ -112,6 +133,16 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	return r.run(ctx)
 }
 
+// want reports whether scenario name runs. An open-loop scenario X@rate
+// runs with --rate when --only is empty or names X or X@rate.
+func (f *benchFlags) want(name string) bool {
+	only := strings.Split(f.only, ",")
+	if closed, ok := strings.CutSuffix(name, "@rate"); ok {
+		return (f.ratePerSecond > 0 || f.rateOfRedeem > 0) && (f.only == "" || slices.Contains(only, name) || slices.Contains(only, closed))
+	}
+	return f.only == "" || slices.Contains(only, name)
+}
+
 type benchRun struct {
 	m                     *Main
 	f                     benchFlags
@@ -122,6 +153,20 @@ type benchRun struct {
 	client                *http.Client
 	results               []benchResult
 	refresh               []string // refresh tokens from the code scenario
+	errMu                 sync.Mutex
+	// The redeem scenarios' request bodies (one per seeded grant), once
+	// every grant has been redeemed (warm).
+	redeemBodies [][]byte
+	redeemRPS    float64 // of the closed-loop redeem scenario
+	rate         float64 // of the open-loop scenarios, resolved
+}
+
+// logf writes a progress line to stderr (also from the goroutines that
+// relay the children's progress).
+func (r *benchRun) logf(format string, args ...any) {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	fmt.Fprintf(r.m.Stderr, format, args...)
 }
 
 // benchResult is one scenario's figures.
@@ -147,7 +192,11 @@ type benchResult struct {
 	Commits      int64   `json:"store_commits,omitempty"`
 	WritesPerTx  float64 `json:"store_writes_per_commit,omitempty"`
 	CommitMeanMs float64 `json:"store_commit_mean_ms,omitempty"`
-	// Ratios to the references of the same run.
+	// Open is set for the open-loop (@rate) scenarios: RPS is then the
+	// achieved rate and the latencies are from each intended send time.
+	Open *benchOpen `json:"open_loop,omitempty"`
+	// Ratios to the references of the same run (for an open-loop result,
+	// the references at the same rate).
 	RPSvsBaseline float64 `json:"rps_vs_baseline"`
 	RPSvsCeiling  float64 `json:"rps_vs_ceiling"`
 	P99vsBaseline float64 `json:"p99_vs_baseline"`
@@ -168,9 +217,34 @@ type benchReport struct {
 	// HeapRedeemed is the server's live heap after the redeem scenario
 	// (every grant redeemed: token and credential caches full), and
 	// HeapPerGrant the growth over HeapSeeded per redeemed grant.
-	HeapRedeemed uint64        `json:"server_heap_after_redeem_bytes,omitempty"`
-	HeapPerGrant float64       `json:"server_heap_per_active_grant_bytes,omitempty"`
-	Results      []benchResult `json:"results"`
+	HeapRedeemed uint64         `json:"server_heap_after_redeem_bytes,omitempty"`
+	HeapPerGrant float64        `json:"server_heap_per_active_grant_bytes,omitempty"`
+	Rate         *benchRateInfo `json:"rate,omitempty"`
+	Results      []benchResult  `json:"results"`
+}
+
+// benchOpen is an open-loop scenario's schedule and how well it was kept.
+type benchOpen struct {
+	Rate float64 `json:"rate"` // intended requests/s
+	// Late: requests for which no connection was free at their intended
+	// time (the server did not keep up, or --concurrency is too small);
+	// LateMaxms the largest such delay. SendLagP99ms: the p99 of every
+	// request's send after its intended time (late requests and the
+	// generator's own timer and CPU delays, which count in the latency
+	// too). Unsent: requests not sent at all because the phase had run
+	// twice its duration.
+	Late         int     `json:"late"`
+	LateMaxms    float64 `json:"late_max_ms"`
+	SendLagP99ms float64 `json:"send_lag_p99_ms"`
+	Unsent       int     `json:"unsent"`
+}
+
+// benchRateInfo is the open loop's rate in the report.
+type benchRateInfo struct {
+	Requested   string  `json:"requested"`  // --rate
+	PerSecond   float64 `json:"per_second"` // resolved
+	OfRedeem    float64 `json:"of_closed_loop_redeem,omitempty"`
+	Connections int     `json:"max_connections"`
 }
 
 type benchMachine struct {
@@ -184,9 +258,7 @@ type benchMachine struct {
 func (r *benchRun) run(ctx context.Context) error {
 	started := time.Now()
 	mach := benchMachineInfo()
-	want := func(name string) bool {
-		return r.f.only == "" || slices.Contains(strings.Split(r.f.only, ","), name)
-	}
+	want := r.f.want
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -199,7 +271,7 @@ func (r *benchRun) run(ctx context.Context) error {
 	defer stopChild(ceil)
 	// The Lanyard under test.
 	fixture := filepath.Join(r.dir, "fixture.json")
-	fmt.Fprintf(r.m.Stderr, "bench: seeding %d users (and %d extra grants) in a fresh Lanyard on %s ...\n", r.f.users, r.f.extraGrants, r.vaultAddr)
+	r.logf("bench: seeding %d users (and %d extra grants) in a fresh Lanyard on %s ...\n", r.f.users, r.f.extraGrants, r.vaultAddr)
 	data, err := os.MkdirTemp(r.dir, "data-") // fresh, also in a kept --dir
 	if err != nil {
 		return err
@@ -218,37 +290,42 @@ func (r *benchRun) run(ctx context.Context) error {
 	if err := json.Unmarshal(raw, &r.fx); err != nil {
 		return err
 	}
-	fmt.Fprintf(r.m.Stderr, "bench: seeded in %.1fs; %d concurrent connections, %v per scenario\n", r.fx.SeedSeconds, r.f.concurrency, r.f.duration)
+	r.logf("bench: seeded in %.1fs; %d concurrent connections, %v per scenario\n", r.fx.SeedSeconds, r.f.concurrency, r.f.duration)
 	r.client = &http.Client{Transport: benchTransport(r.f.concurrency), Timeout: 30 * time.Second}
 	lanyardPid, ceilPid := srv.Process.Pid, ceil.Process.Pid
 
-	if want("ceiling") {
-		body := []byte(`{"token":"x","connector":"keys","tool":"read_mail"}`)
-		r.timed("ceiling", "ceiling", ceilPid, func(_ *rand.Rand, _ int) error {
-			return r.post(ceilURL+"/json", "application/json", body, nil, 200, nil)
-		})
+	ceilingBody := []byte(`{"token":"x","connector":"keys","tool":"read_mail"}`)
+	ceiling := func(_ *rand.Rand, _ int) error {
+		return r.post(ceilURL+"/json", "application/json", ceilingBody, nil, 200, nil)
 	}
-	if want("vault") {
+	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
+	redeem := func(rng *rand.Rand, _ int) error {
+		return r.post(r.fx.URL+"/v1/redeem", "application/json", r.redeemBodies[rng.IntN(len(r.redeemBodies))], &auth, 200, []byte(`"credential"`))
+	}
+	var vault benchDo
+	if want("vault") || want("vault@rate") {
 		vc, err := benchVaultClient(r.vaultAddr, r.vaultToken, r.f.concurrency)
 		if err != nil {
 			return err
 		}
 		kv := vc.KVv2(r.fx.VaultMount)
-		r.timed("vault-direct", "vault", r.f.vaultPid, func(rng *rand.Rand, _ int) error {
+		vault = func(rng *rand.Rand, _ int) error {
 			g := r.fx.Grants[rng.IntN(len(r.fx.Grants))]
 			s, err := kv.Get(ctx, g.VaultPath)
 			if err == nil && s.Data["api_key"] == nil {
 				err = errors.New("no api_key in the secret")
 			}
 			return err
-		})
-	}
-	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
-	if want("redeem") {
-		bodies := make([][]byte, len(r.fx.Grants))
-		for i, g := range r.fx.Grants {
-			bodies[i], _ = json.Marshal(map[string]string{"token": g.Token, "connector": benchKeys, "tool": benchTool})
 		}
+	}
+
+	if want("ceiling") {
+		r.timed("ceiling", "ceiling", ceilPid, ceiling)
+	}
+	if want("vault") {
+		r.timed("vault-direct", "vault", r.f.vaultPid, vault)
+	}
+	if want("redeem") {
 		var prof *bytes.Buffer
 		var profDone chan struct{}
 		if r.f.profile != "" {
@@ -264,28 +341,30 @@ func (r *benchRun) run(ctx context.Context) error {
 				}
 			}()
 		}
-		// Warm: every grant redeemed once (token verified, credential read,
-		// LastUsedAt written), as on a server whose agents are at work.
-		r.each(len(bodies), func(i int) {
-			_ = r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[i], &auth, 200, nil)
-		})
-		r.timed("redeem", "lanyard", lanyardPid, func(rng *rand.Rand, _ int) error {
-			return r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[rng.IntN(len(bodies))], &auth, 200, []byte(`"credential"`))
-		})
+		r.warmRedeem(&auth)
+		r.redeemRPS = r.timed("redeem", "lanyard", lanyardPid, redeem).RPS
 		// The live heap with every grant in the caches.
-		if resp, err := http.Get(r.fx.Control + "/heap"); err == nil {
-			var h struct {
-				HeapAlloc uint64 `json:"heap_alloc"`
-			}
-			_ = json.NewDecoder(resp.Body).Decode(&h)
-			resp.Body.Close()
-			r.heapRedeemed = h.HeapAlloc
-		}
+		r.heapRedeemed = r.heap()
 		if prof != nil {
 			<-profDone
 			if err := os.WriteFile(r.f.profile, prof.Bytes(), 0o644); err != nil {
 				return err
 			}
+		}
+	}
+	if want("ceiling@rate") || want("vault@rate") || want("redeem@rate") {
+		if err := r.resolveRate(); err != nil {
+			return err
+		}
+		if want("ceiling@rate") {
+			r.openLoop(benchResult{Name: "ceiling@rate", Target: "ceiling"}, ceilPid, ceiling)
+		}
+		if want("vault@rate") {
+			r.openLoop(benchResult{Name: "vault-direct@rate", Target: "vault"}, r.f.vaultPid, vault)
+		}
+		if want("redeem@rate") {
+			r.warmRedeem(&auth)
+			r.openLoop(benchResult{Name: "redeem@rate", Target: "lanyard"}, lanyardPid, redeem)
 		}
 	}
 	if want("exchange") {
@@ -337,6 +416,9 @@ func (r *benchRun) run(ctx context.Context) error {
 	rep := benchReport{Started: started, Machine: mach, Users: r.f.users, Grants: r.f.users + r.fx.ExtraGrants,
 		Concurrency: r.f.concurrency, Duration: r.f.duration.String(), SeedSeconds: r.fx.SeedSeconds,
 		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, HeapRedeemed: r.heapRedeemed, Results: r.results}
+	if r.rate > 0 {
+		rep.Rate = &benchRateInfo{Requested: r.f.rate, PerSecond: r.rate, OfRedeem: r.f.rateOfRedeem, Connections: r.f.concurrency}
+	}
 	if r.heapRedeemed > 0 {
 		rep.HeapPerGrant = (float64(r.heapRedeemed) - float64(r.fx.HeapAfterSeed)) / float64(len(r.fx.Grants))
 	}
@@ -353,6 +435,54 @@ func (r *benchRun) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// warmRedeem builds the redeem scenarios' bodies, one per seeded grant, and
+// redeems every grant once (token verified, credential read, LastUsedAt
+// written), as on a server whose agents are at work; once per run.
+func (r *benchRun) warmRedeem(auth *[2]string) {
+	if r.redeemBodies != nil {
+		return
+	}
+	bodies := make([][]byte, len(r.fx.Grants))
+	for i, g := range r.fx.Grants {
+		bodies[i], _ = json.Marshal(map[string]string{"token": g.Token, "connector": benchKeys, "tool": benchTool})
+	}
+	r.each(len(bodies), func(i int) {
+		_ = r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[i], auth, 200, nil)
+	})
+	r.redeemBodies = bodies
+}
+
+// resolveRate sets the open loop's rate from --rate (a multiple of the
+// closed-loop redeem throughput measured before, or requests/s).
+func (r *benchRun) resolveRate() error {
+	if r.rate > 0 {
+		return nil
+	}
+	r.rate = r.f.ratePerSecond
+	if r.f.rateOfRedeem > 0 {
+		r.rate = r.f.rateOfRedeem * r.redeemRPS
+	}
+	if !(r.rate > 0) {
+		return fmt.Errorf("bench: --rate %s: no rate (closed-loop redeem throughput %.0f/s)", r.f.rate, r.redeemRPS)
+	}
+	r.logf("bench: open loop at %.0f requests/s over at most %d connections\n", r.rate, r.f.concurrency)
+	return nil
+}
+
+// heap is the server's live heap after a GC (0 if unknown).
+func (r *benchRun) heap() uint64 {
+	resp, err := http.Get(r.fx.Control + "/heap")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var h struct {
+		HeapAlloc uint64 `json:"heap_alloc"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&h)
+	return h.HeapAlloc
 }
 
 // codeScenario mints --codes codes through Decide (in the server, before
@@ -448,89 +578,79 @@ func (r *benchRun) each(n int, do func(i int)) {
 	wg.Wait()
 }
 
-// timed runs do from --concurrency workers for --warmup (discarded), then
-// for --duration (measured).
-func (r *benchRun) timed(name, target string, pid int, do func(rng *rand.Rand, worker int) error) {
-	r.measure(name, target, pid, func(deadline time.Time, w int, rng *rand.Rand, rec func(time.Duration, error)) {
-		for time.Now().Before(deadline) {
-			t := time.Now()
-			err := do(rng, w)
-			rec(time.Since(t), err)
-		}
+// timed runs do from --concurrency workers in a closed loop for --warmup
+// (discarded), then for --duration (measured).
+func (r *benchRun) timed(name, target string, pid int, do benchDo) benchResult {
+	return r.closedLoop(benchResult{Name: name, Target: target}, pid, do)
+}
+
+// closedLoop is timed for a result with more fields set (the --grow-to
+// rounds).
+func (r *benchRun) closedLoop(res benchResult, pid int, do benchDo) benchResult {
+	return r.measure(res, pid, func(d time.Duration) benchPhase {
+		return benchClosedLoop(d, r.f.concurrency, do)
+	}, true)
+}
+
+// openLoop sends do at the resolved --rate over at most --concurrency
+// connections for --warmup (discarded), then for --duration (measured);
+// see benchOpenLoop.
+func (r *benchRun) openLoop(res benchResult, pid int, do benchDo) benchResult {
+	res.Open = &benchOpen{Rate: r.rate}
+	return r.measure(res, pid, func(d time.Duration) benchPhase {
+		return benchOpenLoop(r.rate, d, 2*d, r.f.concurrency, do)
 	}, true)
 }
 
 // counted runs do(i) for i in [0, n) from --concurrency workers, measured.
 func (r *benchRun) counted(name, target string, pid, n int, do func(i int) error) {
-	var next atomic.Int64
-	r.measure(name, target, pid, func(_ time.Time, _ int, _ *rand.Rand, rec func(time.Duration, error)) {
-		for {
-			i := int(next.Add(1)) - 1
-			if i >= n {
-				return
+	r.measure(benchResult{Name: name, Target: target}, pid, func(time.Duration) benchPhase {
+		var next atomic.Int64
+		return benchWorkers(r.f.concurrency, func(_ int, _ *rand.Rand, rec func(time.Duration, error)) {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				t := time.Now()
+				err := do(i)
+				rec(time.Since(t), err)
 			}
-			t := time.Now()
-			err := do(i)
-			rec(time.Since(t), err)
-		}
+		})
 	}, false)
 }
 
-func (r *benchRun) measure(name, target string, pid int, loop func(deadline time.Time, w int, rng *rand.Rand, rec func(time.Duration, error)), timed bool) {
-	c := r.f.concurrency
-	phase := func(d time.Duration) ([][]time.Duration, int, string, time.Duration) {
-		lats := make([][]time.Duration, c)
-		var errs atomic.Int64
-		var firstErr atomic.Value
-		var wg sync.WaitGroup
-		start := time.Now()
-		deadline := start.Add(d)
-		for w := range c {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				rng := rand.New(rand.NewPCG(uint64(w), uint64(start.UnixNano())))
-				loop(deadline, w, rng, func(d time.Duration, err error) {
-					if err != nil {
-						errs.Add(1)
-						firstErr.CompareAndSwap(nil, err.Error())
-						return
-					}
-					lats[w] = append(lats[w], d)
-				})
-			}()
-		}
-		wg.Wait()
-		fe, _ := firstErr.Load().(string)
-		return lats, int(errs.Load()), fe, time.Since(start)
-	}
-	if timed && r.f.warmup > 0 {
+// measure runs phase for --warmup (discarded, if warm) and then for
+// --duration, and records res with the figures of the second run: the
+// latencies, the server's CPU time, peak RSS and group commits.
+func (r *benchRun) measure(res benchResult, pid int, phase func(d time.Duration) benchPhase, warm bool) benchResult {
+	if warm && r.f.warmup > 0 {
 		phase(r.f.warmup)
 	}
 	var st0 benchCommits
-	if target == "lanyard" {
+	if res.Target == "lanyard" {
 		st0 = r.commits()
 	}
 	cpu0, rss0 := procCPU(pid), resetPeakRSS(pid)
 	ccpu0 := selfCPU()
-	lats, errs, firstErr, wall := phase(r.f.duration)
+	ph := phase(r.f.duration)
 	cpu1, peak := procCPU(pid), procPeakRSS(pid)
 	var st1 benchCommits
-	if target == "lanyard" {
+	if res.Target == "lanyard" {
 		st1 = r.commits()
 	}
 	ccpu1 := selfCPU()
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	slices.Sort(all)
-	res := benchResult{Name: name, Target: target, Requests: len(all) + errs, Errors: errs, FirstError: firstErr,
-		Seconds: wall.Seconds(), RPS: float64(len(all)) / wall.Seconds(), ServerCPU: -1, PeakRSSMiB: -1,
-		ClientCPU: ccpu1 - ccpu0}
+	all, wall := ph.lats, ph.wall
+	res.Requests, res.Errors, res.FirstError = len(all)+ph.errs, ph.errs, ph.firstErr
+	res.Seconds, res.RPS, res.ServerCPU, res.PeakRSSMiB = wall.Seconds(), float64(len(all))/wall.Seconds(), -1, -1
+	res.ClientCPU = ccpu1 - ccpu0
 	if len(all) > 0 {
-		q := func(p float64) float64 { return ms(all[int(p*float64(len(all)-1))]) }
+		q := func(p float64) float64 { return ms(benchQuantile(all, p)) }
 		res.P50ms, res.P95ms, res.P99ms, res.Maxms = q(0.50), q(0.95), q(0.99), ms(all[len(all)-1])
+	}
+	if res.Open != nil {
+		res.Open.Late, res.Open.LateMaxms, res.Open.Unsent = ph.late, ms(ph.lateMax), ph.unsent
+		res.Open.SendLagP99ms = ms(ph.sendLagP99)
 	}
 	if cpu0 >= 0 && cpu1 >= 0 {
 		res.ServerCPU = cpu1 - cpu0
@@ -548,7 +668,12 @@ func (r *benchRun) measure(name, target string, pid int, loop func(deadline time
 		res.CommitMeanMs = float64(st1.Nanos-st0.Nanos) / float64(n) / 1e6
 	}
 	r.results = append(r.results, res)
-	fmt.Fprintf(r.m.Stderr, "bench: %-13s %8.0f/s p99 %6.2f ms errors %d\n", name, res.RPS, res.P99ms, errs)
+	late := ""
+	if o := res.Open; o != nil {
+		late = fmt.Sprintf(" late %d unsent %d send lag p99 %.2f ms (at %.0f/s)", o.Late, o.Unsent, o.SendLagP99ms, o.Rate)
+	}
+	r.logf("bench: %-13s %8.0f/s p99 %6.2f ms errors %d%s\n", res.Name, res.RPS, res.P99ms, res.Errors, late)
+	return res
 }
 
 type benchCommits struct {
@@ -571,32 +696,36 @@ func (r *benchRun) commits() benchCommits {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// ratios fills every result's ratios to the baseline and the ceiling.
+// ratios fills every result's ratios to the baseline and the ceiling of the
+// same loop (closed, or open at the same rate).
 func (r *benchRun) ratios() {
-	var base, ceil *benchResult
+	base, ceil := map[bool]*benchResult{}, map[bool]*benchResult{}
 	for i := range r.results {
-		switch r.results[i].Target {
+		x := &r.results[i]
+		switch x.Target {
 		case "vault":
-			base = &r.results[i]
+			base[x.Open != nil] = x
 		case "ceiling":
-			ceil = &r.results[i]
+			ceil[x.Open != nil] = x
 		}
-	}
-	div := func(a, b float64) float64 {
-		if b == 0 {
-			return 0
-		}
-		return a / b
 	}
 	for i := range r.results {
 		x := &r.results[i]
-		if base != nil {
-			x.RPSvsBaseline, x.P99vsBaseline = div(x.RPS, base.RPS), div(x.P99ms, base.P99ms)
+		if b := base[x.Open != nil]; b != nil {
+			x.RPSvsBaseline, x.P99vsBaseline = benchDiv(x.RPS, b.RPS), benchDiv(x.P99ms, b.P99ms)
 		}
-		if ceil != nil {
-			x.RPSvsCeiling, x.P99vsCeiling = div(x.RPS, ceil.RPS), div(x.P99ms, ceil.P99ms)
+		if c := ceil[x.Open != nil]; c != nil {
+			x.RPSvsCeiling, x.P99vsCeiling = benchDiv(x.RPS, c.RPS), benchDiv(x.P99ms, c.P99ms)
 		}
 	}
+}
+
+// benchDiv is a/b, or 0 when b is 0.
+func benchDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
 }
 
 func commitCol(n int64, v float64, f string) string {
@@ -610,7 +739,7 @@ func (r *benchRun) print(rep benchReport) {
 	w := tabwriter.NewWriter(r.m.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(r.m.Stdout, "lanyard bench: %d CPUs (%s), %d MiB, load %s; %d users, %d grants, %d connections, %s per scenario\n",
 		rep.Machine.CPUs, rep.Machine.CPUModel, rep.Machine.MemMiB, rep.Machine.LoadAvg, rep.Users, rep.Grants, rep.Concurrency, rep.Duration)
-	fmt.Fprintln(w, "scenario\treq/s\tx base\tx ceil\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\tp99 x ceil\terrors\tsrv CPU s\tsrv cores\tCPU µs/req\tpeak RSS MiB\twrites/commit\tcommit ms\t")
+	fmt.Fprintln(w, "scenario\treq/s\tx base\tx ceil\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\tp99 x ceil\terrors\tsrv CPU s\tsrv cores\tCPU µs/req\tpeak RSS MiB\twrites/commit\tcommit ms\tlate\t")
 	na := func(known, v float64, f string) string {
 		if known < 0 {
 			return "n/a"
@@ -618,15 +747,30 @@ func (r *benchRun) print(rep benchReport) {
 		return fmt.Sprintf(f, v)
 	}
 	for _, x := range rep.Results {
-		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Name, x.RPS, x.RPSvsBaseline, x.RPSvsCeiling,
+		late := "-"
+		if o := x.Open; o != nil {
+			late = strconv.Itoa(o.Late)
+			if o.Unsent > 0 {
+				late += fmt.Sprintf(" +%d unsent", o.Unsent)
+			}
+		}
+		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Name, x.RPS, x.RPSvsBaseline, x.RPSvsCeiling,
 			x.P50ms, x.P95ms, x.P99ms, x.Maxms, x.P99vsBaseline, x.P99vsCeiling, x.Errors,
 			na(x.ServerCPU, x.ServerCPU, "%.2f"), na(x.ServerCPU, x.ServerCores, "%.2f"), na(x.ServerCPU, x.CPUPerReqUS, "%.0f"),
-			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"), commitCol(x.Commits, x.WritesPerTx, "%.1f"), commitCol(x.Commits, x.CommitMeanMs, "%.1f"))
+			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"), commitCol(x.Commits, x.WritesPerTx, "%.1f"), commitCol(x.Commits, x.CommitMeanMs, "%.1f"), late)
 	}
 	_ = w.Flush()
 	if rep.HeapRedeemed > 0 {
 		fmt.Fprintf(r.m.Stdout, "server live heap: %.1f MiB after seeding, %.1f MiB after redeeming every grant (%.0f B per active grant); store file %.1f MiB\n",
 			float64(rep.HeapSeeded)/(1<<20), float64(rep.HeapRedeemed)/(1<<20), rep.HeapPerGrant, float64(rep.StoreBytes)/(1<<20))
+	}
+	if ri := rep.Rate; ri != nil {
+		of := ""
+		if ri.OfRedeem > 0 {
+			of = fmt.Sprintf(" (%gx the closed-loop redeem throughput)", ri.OfRedeem)
+		}
+		fmt.Fprintf(r.m.Stdout, "open loop (@rate rows): %.0f requests/s intended%s over at most %d connections; latency from each request's intended send time; late: no connection free at that time\n",
+			ri.PerSecond, of, ri.Connections)
 	}
 }
 
