@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	bbolt "go.etcd.io/bbolt"
 
@@ -17,14 +18,73 @@ const auditBucket = "audit"
 // auditLog is the hash-chained audit record in bucket "audit", keyed by
 // big-endian sequence number. Append extends the chain inside a write
 // transaction, so it is atomic, and returns only after the fsync that makes
-// it durable; concurrent appends share transactions (group commit through
-// bbolt's Batch), so one fsync covers many records.
+// it durable; concurrent appends share transactions (group commit, see
+// groupCommit), so one fsync covers many records.
 type auditLog struct{ db *DB }
 
 var _ broker.AuditLog = auditLog{}
 
 // Audit implements broker.Store.
 func (db *DB) Audit() broker.AuditLog { return auditLog{db} }
+
+// auditHeads remembers the hash at the end of the chain so that an append
+// does not decode the previous record: committed is the last record of the
+// last committed transaction, tail the last record appended in the
+// transaction tx (not yet committed). Either is used only when its Seq is
+// the key an append finds last in its own transaction, so a rolled-back or
+// re-run transaction, or a commit whose hook has not run yet, falls back
+// to decoding the record.
+type auditHeads struct {
+	mu        sync.Mutex
+	committed auditHead
+	tail      auditHead
+	tailTx    *bbolt.Tx
+}
+
+type auditHead struct {
+	seq  uint64
+	hash string
+}
+
+// prevHash is the hash of the record stored under seq in tx, from memory if
+// it is known there.
+func (h *auditHeads) prevHash(tx *bbolt.Tx, seq uint64, raw []byte) (string, error) {
+	h.mu.Lock()
+	switch {
+	case h.tailTx == tx && h.tail.seq == seq:
+		h.mu.Unlock()
+		return h.tail.hash, nil
+	case h.committed.seq == seq:
+		h.mu.Unlock()
+		return h.committed.hash, nil
+	}
+	h.mu.Unlock()
+	var last struct { // only the hash: the rest is not needed
+		Hash string `json:"hash"`
+	}
+	if err := codec.Decode(raw, &last); err != nil {
+		return "", fmt.Errorf("audit: last record unreadable: %w", err)
+	}
+	return last.Hash, nil
+}
+
+// appended notes e as the tail of tx and, once tx commits, of the chain.
+func (h *auditHeads) appended(tx *bbolt.Tx, e broker.AuditEvent) {
+	head := auditHead{seq: e.Seq, hash: e.Hash}
+	h.mu.Lock()
+	h.tail, h.tailTx = head, tx
+	h.mu.Unlock()
+	tx.OnCommit(func() {
+		h.mu.Lock()
+		if head.seq > h.committed.seq {
+			h.committed = head
+		}
+		if h.tailTx == tx {
+			h.tailTx = nil // let the transaction go
+		}
+		h.mu.Unlock()
+	})
+}
 
 func seqKey(n uint64) []byte {
 	var k [8]byte
@@ -34,6 +94,7 @@ func seqKey(n uint64) []byte {
 
 // Append implements broker.AuditLog.
 func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.AuditEvent, error) {
+	in := e
 	err := a.db.batch(ctx, "audit.append", func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists([]byte(auditBucket))
 		if err != nil {
@@ -41,20 +102,22 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 		}
 		seq, prev := uint64(1), ""
 		if k, v := b.Cursor().Last(); k != nil {
-			var last struct { // only the hash: the rest is not needed
-				Hash string `json:"hash"`
+			last := binary.BigEndian.Uint64(k)
+			if prev, err = a.db.audit.prevHash(tx, last, v); err != nil {
+				return err
 			}
-			if err := codec.Decode(v, &last); err != nil {
-				return fmt.Errorf("audit: last record unreadable: %w", err)
-			}
-			seq, prev = binary.BigEndian.Uint64(k)+1, last.Hash
+			seq = last + 1
 		}
-		e = e.Chained(seq, prev, a.db.now())
+		e = in.Chained(seq, prev, a.db.now())
 		v, err := json.Marshal(e)
 		if err != nil {
 			return err
 		}
-		return b.Put(seqKey(e.Seq), v)
+		if err := b.Put(seqKey(e.Seq), v); err != nil {
+			return err
+		}
+		a.db.audit.appended(tx, e)
+		return nil
 	})
 	return e, err
 }

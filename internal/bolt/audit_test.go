@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	bbolt "go.etcd.io/bbolt"
 
@@ -136,4 +137,100 @@ func BenchmarkAuditAppend(b *testing.B) {
 			})
 		})
 	}
+}
+
+// TestAuditChainWithFailingBatches: appends that share transactions with
+// functions that fail (so that their batch rolls back and runs again
+// without the failing one) still form one unbroken chain, with every
+// returned record in it: the in-memory chain head never outlives a
+// rolled-back transaction. Reopening starts from the stored head.
+func TestAuditChainWithFailingBatches(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "lanyard.db")
+	db, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	var (
+		mu       sync.Mutex
+		returned = map[uint64]string{}
+		wg       sync.WaitGroup
+	)
+	for i := range 400 {
+		wg.Go(func() {
+			if i%7 == 0 { // a sibling that writes, then fails
+				err := db.batch(ctx, "test.fail", func(tx *bbolt.Tx) error {
+					b, err := tx.CreateBucketIfNotExists([]byte(auditBucket))
+					if err == nil {
+						err = b.Put(seqKey(1<<62+uint64(i)), []byte(`{"hash":"forged"}`))
+					}
+					if err != nil {
+						return err
+					}
+					return boom
+				})
+				if !errors.Is(err, boom) {
+					t.Errorf("failing batch call = %v, want boom", err)
+				}
+				return
+			}
+			ev, err := db.Audit().Append(ctx, broker.AuditEvent{Action: broker.AuditRedeem, Outcome: broker.OutcomeOK, UserID: "u"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			returned[ev.Seq] = ev.Hash
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	check := func(db *DB, want int) {
+		t.Helper()
+		n, _, err := audit.Verify(ctx, db.Audit())
+		if err != nil || n != uint64(want) {
+			t.Fatalf("Verify = %d records, %v; want %d, no problem", n, err, want)
+		}
+		evs, err := db.Audit().Range(ctx, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if h, ok := returned[e.Seq]; ok && h != e.Hash {
+				t.Errorf("record %d: stored hash %s, Append returned %s", e.Seq, e.Hash, h)
+			}
+		}
+	}
+	check(db, len(returned))
+	// A record written past the group commit (as a restore tool might):
+	// the next append must chain to it, not to the remembered head.
+	evs, err := db.Audit().Range(ctx, uint64(len(returned)-1), 0)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("Range = %v, %v", evs, err)
+	}
+	outside := broker.AuditEvent{Action: broker.AuditRevoke, Outcome: broker.OutcomeOK}.Chained(evs[0].Seq+1, evs[0].Hash, time.Now())
+	if err := db.bolt.Update(func(tx *bbolt.Tx) error {
+		raw, _ := json.Marshal(outside)
+		return tx.Bucket([]byte(auditBucket)).Put(seqKey(outside.Seq), raw)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	returned[outside.Seq] = outside.Hash
+	ev, err := db.Audit().Append(ctx, broker.AuditEvent{Action: broker.AuditRedeem, Outcome: broker.OutcomeOK})
+	if err != nil || ev.PrevHash != outside.Hash {
+		t.Fatalf("Append after an outside write = prev %s, %v; want prev %s", ev.PrevHash, err, outside.Hash)
+	}
+	returned[ev.Seq] = ev.Hash
+	check(db, len(returned))
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	appendN(t, db, 10)
+	check(db, len(returned)+10)
 }

@@ -93,6 +93,7 @@ type DB struct {
 	obs    broker.Observer
 	closed atomic.Bool
 	group  groupCommit
+	audit  auditHeads
 
 	users       *table[broker.User]
 	clients     *table[broker.Client]
