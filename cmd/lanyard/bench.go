@@ -49,6 +49,7 @@ type benchFlags struct {
 	cacheTTL                               time.Duration
 	rate                                   string
 	ratePerSecond, rateOfRedeem            float64 // parsed --rate
+	growTo, growRounds                     int
 }
 
 // benchScenarios are the names --only takes.
@@ -87,6 +88,8 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	fs.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the server taken during the redeem scenario")
 	fs.StringVar(&f.only, "only", "", "comma-separated scenarios to run (default all): ceiling,vault,redeem,exchange,introspect,code,refresh; with --rate, X@rate runs when X or X@rate is named (ceiling@rate, vault@rate, redeem@rate)")
 	fs.StringVar(&f.rate, "rate", "0", "open loop: also run ceiling, vault and redeem at this fixed arrival rate, in requests/s, or as a multiple of this run's closed-loop redeem throughput (0.5x); latency is measured from each request's intended send time (0: off)")
+	fs.IntVar(&f.growTo, "grow-to", 0, "after the other scenarios, measure redeem (and the ceiling), add idle grants straight into the store until it holds this many grants, and measure again (0: off)")
+	fs.IntVar(&f.growRounds, "grow-rounds", 2, "with --grow-to: measurements on each side of the growth (their spread shows the noise)")
 	fs.IntVar(&f.vaultPid, "vault-pid", 0, "pid of the Vault server, to report its CPU time and peak RSS for the baseline")
 	fs.DurationVar(&f.cacheTTL, "credential-cache-ttl", 0, "the server's credential cache TTL (0: the default; negative: no cache, every redemption reads Vault)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "the server's log level (its log goes to a file in the run directory)")
@@ -113,6 +116,9 @@ JSON with every figure also as a ratio to the baseline and to the ceiling.
 	}
 	if f.rateOfRedeem > 0 && !f.want("redeem") {
 		return usagef("bench: --rate %s is a multiple of the closed-loop redeem throughput: the redeem scenario must run", f.rate)
+	}
+	if f.growTo != 0 && (f.growTo <= f.users+f.extraGrants || f.growRounds < 1) {
+		return usagef("bench: --grow-to must exceed --users + --extra-grants (%d), and --grow-rounds must be positive", f.users+f.extraGrants)
 	}
 	vaddr, vtok := m.Getenv("VAULT_ADDR"), m.Getenv("VAULT_TOKEN")
 	if vaddr == "" || vtok == "" {
@@ -159,6 +165,7 @@ type benchRun struct {
 	redeemBodies [][]byte
 	redeemRPS    float64 // of the closed-loop redeem scenario
 	rate         float64 // of the open-loop scenarios, resolved
+	grow         *benchGrow
 }
 
 // logf writes a progress line to stderr (also from the goroutines that
@@ -195,8 +202,13 @@ type benchResult struct {
 	// Open is set for the open-loop (@rate) scenarios: RPS is then the
 	// achieved rate and the latencies are from each intended send time.
 	Open *benchOpen `json:"open_loop,omitempty"`
+	// The --grow-to rounds: the grants in the store, and the round, whose
+	// own ceiling the ratios use.
+	GrantsInStore int    `json:"grants_in_store,omitempty"`
+	Round         string `json:"round,omitempty"`
 	// Ratios to the references of the same run (for an open-loop result,
-	// the references at the same rate).
+	// the references at the same rate; for a --grow-to round, the ceiling
+	// of the same round).
 	RPSvsBaseline float64 `json:"rps_vs_baseline"`
 	RPSvsCeiling  float64 `json:"rps_vs_ceiling"`
 	P99vsBaseline float64 `json:"p99_vs_baseline"`
@@ -217,10 +229,14 @@ type benchReport struct {
 	// HeapRedeemed is the server's live heap after the redeem scenario
 	// (every grant redeemed: token and credential caches full), and
 	// HeapPerGrant the growth over HeapSeeded per redeemed grant.
-	HeapRedeemed uint64         `json:"server_heap_after_redeem_bytes,omitempty"`
-	HeapPerGrant float64        `json:"server_heap_per_active_grant_bytes,omitempty"`
-	Rate         *benchRateInfo `json:"rate,omitempty"`
-	Results      []benchResult  `json:"results"`
+	HeapRedeemed uint64  `json:"server_heap_after_redeem_bytes,omitempty"`
+	HeapPerGrant float64 `json:"server_heap_per_active_grant_bytes,omitempty"`
+	// SeedUsersPerSecond is the users seeded per second (each through
+	// Vault, the link service and Decide), before any extra grants.
+	SeedUsersPerSecond float64        `json:"seed_users_per_second,omitempty"`
+	Rate               *benchRateInfo `json:"rate,omitempty"`
+	Grow               *benchGrow     `json:"grow,omitempty"`
+	Results            []benchResult  `json:"results"`
 }
 
 // benchOpen is an open-loop scenario's schedule and how well it was kept.
@@ -290,7 +306,8 @@ func (r *benchRun) run(ctx context.Context) error {
 	if err := json.Unmarshal(raw, &r.fx); err != nil {
 		return err
 	}
-	r.logf("bench: seeded in %.1fs; %d concurrent connections, %v per scenario\n", r.fx.SeedSeconds, r.f.concurrency, r.f.duration)
+	r.logf("bench: seeded in %.1fs (%d users in %.1fs: %.0f users/s); %d concurrent connections, %v per scenario\n",
+		r.fx.SeedSeconds, r.f.users, r.fx.SeedUsersSeconds, float64(r.f.users)/r.fx.SeedUsersSeconds, r.f.concurrency, r.f.duration)
 	r.client = &http.Client{Transport: benchTransport(r.f.concurrency), Timeout: 30 * time.Second}
 	lanyardPid, ceilPid := srv.Process.Pid, ceil.Process.Pid
 
@@ -412,10 +429,20 @@ func (r *benchRun) run(ctx context.Context) error {
 			return err
 		})
 	}
+	if r.f.growTo > 0 {
+		r.warmRedeem(&auth)
+		if err := r.growScenario(ctx, ceilPid, lanyardPid, ceiling, redeem); err != nil {
+			return err
+		}
+	}
 	r.ratios()
 	rep := benchReport{Started: started, Machine: mach, Users: r.f.users, Grants: r.f.users + r.fx.ExtraGrants,
 		Concurrency: r.f.concurrency, Duration: r.f.duration.String(), SeedSeconds: r.fx.SeedSeconds,
-		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, HeapRedeemed: r.heapRedeemed, Results: r.results}
+		StoreBytes: r.fx.StoreBytes, HeapSeeded: r.fx.HeapAfterSeed, HeapRedeemed: r.heapRedeemed, Results: r.results,
+		Grow: r.grow}
+	if r.fx.SeedUsersSeconds > 0 {
+		rep.SeedUsersPerSecond = float64(r.f.users) / r.fx.SeedUsersSeconds
+	}
 	if r.rate > 0 {
 		rep.Rate = &benchRateInfo{Requested: r.f.rate, PerSecond: r.rate, OfRedeem: r.f.rateOfRedeem, Connections: r.f.concurrency}
 	}
@@ -696,25 +723,37 @@ func (r *benchRun) commits() benchCommits {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// ratios fills every result's ratios to the baseline and the ceiling of the
-// same loop (closed, or open at the same rate).
+// ratios fills every result's ratios to the baseline and the ceiling: those
+// of the same loop (closed, or open at the same rate) and the same --grow-to
+// round, else the main run's of the same loop.
 func (r *benchRun) ratios() {
-	base, ceil := map[bool]*benchResult{}, map[bool]*benchResult{}
+	type key struct {
+		round string
+		open  bool
+	}
+	base, ceil := map[key]*benchResult{}, map[key]*benchResult{}
 	for i := range r.results {
 		x := &r.results[i]
-		switch x.Target {
+		switch k := (key{x.Round, x.Open != nil}); x.Target {
 		case "vault":
-			base[x.Open != nil] = x
+			base[k] = x
 		case "ceiling":
-			ceil[x.Open != nil] = x
+			ceil[k] = x
 		}
+	}
+	ref := func(m map[key]*benchResult, k key) *benchResult {
+		if x := m[k]; x != nil {
+			return x
+		}
+		return m[key{"", k.open}]
 	}
 	for i := range r.results {
 		x := &r.results[i]
-		if b := base[x.Open != nil]; b != nil {
+		k := key{x.Round, x.Open != nil}
+		if b := ref(base, k); b != nil {
 			x.RPSvsBaseline, x.P99vsBaseline = benchDiv(x.RPS, b.RPS), benchDiv(x.P99ms, b.P99ms)
 		}
-		if c := ceil[x.Open != nil]; c != nil {
+		if c := ref(ceil, k); c != nil {
 			x.RPSvsCeiling, x.P99vsCeiling = benchDiv(x.RPS, c.RPS), benchDiv(x.P99ms, c.P99ms)
 		}
 	}
@@ -760,6 +799,10 @@ func (r *benchRun) print(rep benchReport) {
 			na(x.PeakRSSMiB, x.PeakRSSMiB, "%.0f"), commitCol(x.Commits, x.WritesPerTx, "%.1f"), commitCol(x.Commits, x.CommitMeanMs, "%.1f"), late)
 	}
 	_ = w.Flush()
+	if rep.SeedUsersPerSecond > 0 {
+		fmt.Fprintf(r.m.Stdout, "seeding: %d users at %.0f users/s (%.1f s in all, with %d extra grants)\n",
+			rep.Users, rep.SeedUsersPerSecond, rep.SeedSeconds, rep.Grants-rep.Users)
+	}
 	if rep.HeapRedeemed > 0 {
 		fmt.Fprintf(r.m.Stdout, "server live heap: %.1f MiB after seeding, %.1f MiB after redeeming every grant (%.0f B per active grant); store file %.1f MiB\n",
 			float64(rep.HeapSeeded)/(1<<20), float64(rep.HeapRedeemed)/(1<<20), rep.HeapPerGrant, float64(rep.StoreBytes)/(1<<20))
@@ -772,10 +815,19 @@ func (r *benchRun) print(rep benchReport) {
 		fmt.Fprintf(r.m.Stdout, "open loop (@rate rows): %.0f requests/s intended%s over at most %d connections; latency from each request's intended send time; late: no connection free at that time\n",
 			ri.PerSecond, of, ri.Connections)
 	}
+	if rep.Grow != nil {
+		rep.Grow.print(r.m.Stdout)
+	}
 }
 
+// benchChildSilence is how long a starting child may print nothing before
+// it counts as stuck (the bench server prints its seeding progress every
+// few seconds).
+const benchChildSilence = 10 * time.Minute
+
 // child starts exe args with stderr to logName in the run directory and
-// waits for its "ready URL" line on stdout.
+// waits for its "ready URL" line on stdout. Its progress lines there
+// ("bench ...") are copied to stderr, before and after that line.
 func (r *benchRun) child(ctx context.Context, exe, logName string, args ...string) (*exec.Cmd, string, error) {
 	logf, err := os.Create(filepath.Join(r.dir, logName))
 	if err != nil {
@@ -793,25 +845,45 @@ func (r *benchRun) child(ctx context.Context, exe, logName string, args ...strin
 	if err := cmd.Start(); err != nil {
 		return nil, "", err
 	}
-	lines := make(chan string, 1)
+	ready := make(chan string, 1)
+	alive := make(chan struct{}, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
+		started := false
 		for sc.Scan() {
-			if rest, ok := strings.CutPrefix(sc.Text(), "ready "); ok {
-				lines <- rest
-				break
+			if u, ok := strings.CutPrefix(sc.Text(), "ready "); ok && !started {
+				started = true
+				ready <- u
+				continue
+			}
+			if strings.HasPrefix(sc.Text(), "bench") { // progress, not e.g. the dev login
+				r.logf("%s\n", sc.Text())
+			}
+			select {
+			case alive <- struct{}{}:
+			default:
 			}
 		}
-		close(lines)
+		close(ready)
 		_, _ = io.Copy(io.Discard, out)
 	}()
-	select {
-	case u, ok := <-lines:
-		if ok {
-			return cmd, u, nil
+	silence := time.NewTimer(benchChildSilence)
+	defer silence.Stop()
+wait:
+	for {
+		select {
+		case u, ok := <-ready:
+			if ok {
+				return cmd, u, nil
+			}
+			break wait
+		case <-alive:
+			silence.Reset(benchChildSilence)
+		case <-ctx.Done():
+			break wait
+		case <-silence.C:
+			break wait
 		}
-	case <-ctx.Done():
-	case <-time.After(30 * time.Minute):
 	}
 	stopChild(cmd)
 	tail, _ := os.ReadFile(logf.Name())

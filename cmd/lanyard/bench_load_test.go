@@ -98,6 +98,23 @@ func TestBenchOpenLoopLate(t *testing.T) {
 	}
 }
 
+func TestBenchCompare(t *testing.T) {
+	rd := func(rps, p99 float64) benchResult { return benchResult{RPS: rps, P99ms: p99} }
+	before := []benchRound{{redeem: rd(1000, 10), ceil: rd(5000, 5)}, {redeem: rd(1200, 14), ceil: rd(5000, 7)}}
+	after := []benchRound{{redeem: rd(1100, 12), ceil: rd(5000, 6)}, {redeem: rd(1100, 12), ceil: rd(5000, 6)}}
+	c := benchCompare(before, after, func(x benchRound) (benchResult, benchResult) { return x.redeem, x.ceil })
+	near := func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+	if !near(c.RPSBefore, 1100) || !near(c.RPSRatio, 1) || !near(c.P99Before, 12) || !near(c.P99Ratio, 1) {
+		t.Errorf("means and ratios: %+v", c)
+	}
+	if !near(c.P99xCeilBefore, 2) || !near(c.P99xCeilAfter, 2) || !near(c.P99xCeilRatio, 1) {
+		t.Errorf("x ceiling: %+v", c)
+	}
+	if !near(c.RPSSpread, 200.0/1100) || !near(c.P99Spread, 4.0/12) {
+		t.Errorf("spread: %+v", c)
+	}
+}
+
 func TestBenchWant(t *testing.T) {
 	f := benchFlags{only: "ceiling,redeem"}
 	if !f.want("redeem") || f.want("vault") || f.want("redeem@rate") {

@@ -3,7 +3,9 @@ package main
 // The server half of `lanyard bench`: a real Lanyard (the same openApp and
 // mountOAuth as `lanyard serve`, bbolt and a real Vault) that seeds users,
 // linked connections and grants through the services users go through,
-// writes what the load generator needs into a fixture file, and serves. It
+// writes what the load generator needs into a fixture file, and serves. Its
+// stdout carries the "ready" line and progress lines, which the load
+// generator copies to its stderr (the server's own log goes to a file). It
 // runs as a child process of the load generator so that its CPU time and
 // peak RSS are its own. See bench.go.
 
@@ -16,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -60,10 +63,13 @@ type benchFixture struct {
 	VaultMount     string       `json:"vault_mount"`
 	Grants         []benchGrant `json:"grants"`
 	SeedSeconds    float64      `json:"seed_seconds"`
-	ExtraGrants    int          `json:"extra_grants"`
-	Pid            int          `json:"pid"`
-	StoreBytes     int64        `json:"store_bytes"`
-	HeapAfterSeed  uint64       `json:"heap_after_seed"`
+	// SeedUsersSeconds is the part of SeedSeconds spent on the users
+	// (before the extra grants).
+	SeedUsersSeconds float64 `json:"seed_users_seconds"`
+	ExtraGrants      int     `json:"extra_grants"`
+	Pid              int     `json:"pid"`
+	StoreBytes       int64   `json:"store_bytes"`
+	HeapAfterSeed    uint64  `json:"heap_after_seed"`
 }
 
 // benchGrant is one user's grant: an access token for the bench MCP server
@@ -137,20 +143,18 @@ func (m *Main) benchServer(ctx context.Context, args []string) error {
 	defer a.close()
 
 	start := time.Now()
-	grants, err := benchSeed(ctx, a, f.users, f.tokenTTL)
+	grants, err := benchSeed(ctx, a, f.users, f.tokenTTL, m.Stdout)
 	if err != nil {
 		return fmt.Errorf("seed: %w", err)
 	}
-	if err := benchExtraGrants(ctx, a, grants, f.extraGrants); err != nil {
+	usersSeconds := time.Since(start).Seconds()
+	if err := benchExtraGrants(ctx, a, grants, f.users, f.extraGrants, m.Stdout); err != nil {
 		return fmt.Errorf("extra grants: %w", err)
 	}
 	fx := benchFixture{URL: a.local, ResourceID: benchResourceID, ResourceSecret: secret, ClientID: benchClientID,
 		Redirect: benchRedirect, VaultMount: cfg.Secrets.Vault.Mount, Grants: grants,
-		SeedSeconds: time.Since(start).Seconds(), ExtraGrants: f.extraGrants, Pid: os.Getpid()}
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	fx.HeapAfterSeed = ms.HeapAlloc
+		SeedSeconds: time.Since(start).Seconds(), SeedUsersSeconds: usersSeconds, ExtraGrants: f.extraGrants, Pid: os.Getpid()}
+	fx.HeapAfterSeed = benchLiveHeap()
 	if st, err := os.Stat(cfg.Store.Bolt.Path); err == nil {
 		fx.StoreBytes = st.Size()
 	}
@@ -159,7 +163,9 @@ func (m *Main) benchServer(ctx context.Context, args []string) error {
 		return err
 	}
 	fx.Control = "http://" + ctl.Addr().String()
-	ctlSrv := &http.Server{Handler: benchControl(a, grants), ReadHeaderTimeout: 5 * time.Second}
+	ctl0 := &benchCtl{a: a, grants: grants, storePath: cfg.Store.Bolt.Path, out: m.Stdout}
+	ctl0.count.Store(int64(f.users + f.extraGrants))
+	ctlSrv := &http.Server{Handler: ctl0.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = ctlSrv.Serve(ctl) }()
 	defer ctlSrv.Close()
 	raw, err := json.Marshal(fx)
@@ -178,28 +184,36 @@ func (m *Main) benchServer(ctx context.Context, args []string) error {
 // the stub provider) for each, approves the bench agent for both
 // connections through authserver.Decide (the consent path: grant, consent
 // audit record, code) and signs an access token for the grant.
-func benchSeed(ctx context.Context, a *app, n int, ttl time.Duration) ([]benchGrant, error) {
+func benchSeed(ctx context.Context, a *app, n int, ttl time.Duration, progress io.Writer) ([]benchGrant, error) {
 	out := make([]benchGrant, n)
+	p := startBenchProgress(progress, "seeded users", n)
 	err := benchParallel(n, func(i int) error {
 		g, err := benchSeedUser(ctx, a, i, ttl)
 		if err != nil {
 			return fmt.Errorf("user %d: %w", i, err)
 		}
 		out[i] = g
+		p.add()
 		return nil
 	})
+	p.stop(err)
 	return out, err
 }
 
 // benchParallel runs do(0..n-1) on 32 goroutines and returns the first
 // error; after one, no further i is started.
 func benchParallel(n int, do func(i int) error) error {
+	return benchParallelN(32, n, do)
+}
+
+// benchParallelN is benchParallel on width goroutines.
+func benchParallelN(width, n int, do func(i int) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var once sync.Once
 	var failed atomic.Bool
 	var first error
-	for range 32 {
+	for range min(width, n) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -260,17 +274,85 @@ func benchSeedUser(ctx context.Context, a *app, i int, ttl time.Duration) (bench
 		VaultPath: a.cfg.Secrets.Vault.Prefix + "/" + keyConn.SecretKey.Owner + "/" + keyConn.SecretKey.Name}, nil
 }
 
-// benchExtraGrants adds n grants for the seeded users' connections straight
-// into the store, so the grant table is large while the redeemed grants
-// stay the same.
-func benchExtraGrants(ctx context.Context, a *app, seeded []benchGrant, n int) error {
-	return benchParallel(n, func(i int) error {
+// benchExtraWidth is how many grants benchExtraGrants writes at once:
+// enough concurrent writes for the store's group commit to fill its
+// transactions (bolt commits up to 1,000 writes per fsync), so that a
+// million grants take a thousand fsyncs rather than tens of thousands.
+const benchExtraWidth = 2048
+
+// benchExtraGrants adds n idle grants for the seeded users' connections
+// straight into the store (the n after the first first ones), so the grant
+// table is large while the redeemed grants stay the same. Each grant is
+// its own Create, as a consent would write it (random ID, both indexes);
+// progress goes to progress every few seconds.
+func benchExtraGrants(ctx context.Context, a *app, seeded []benchGrant, first, n int, progress io.Writer) error {
+	if n <= 0 {
+		return nil
+	}
+	p := startBenchProgress(progress, "added idle grants", n)
+	err := benchParallelN(benchExtraWidth, n, func(i int) error {
+		i += first
 		s := seeded[i%len(seeded)]
 		now := time.Now()
 		g := broker.Grant{ID: broker.NewID(), UserID: s.User, ClientID: benchClientID + "-filler-" + strconv.Itoa(i),
 			Resource: benchResourceURI, Scopes: []string{benchScope}, CreatedAt: now, UpdatedAt: now}
-		return a.store.Grants().Create(ctx, g)
+		err := a.store.Grants().Create(ctx, g)
+		if err == nil {
+			p.add()
+		}
+		return err
 	})
+	p.stop(err)
+	return err
+}
+
+// benchProgress prints how far a long step is, every 5 s and at its end:
+// "bench server: <what> k/n (rate/s)".
+type benchProgress struct {
+	w     io.Writer
+	what  string
+	n     int
+	done  atomic.Int64
+	start time.Time
+	quit  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startBenchProgress(w io.Writer, what string, n int) *benchProgress {
+	p := &benchProgress{w: w, what: what, n: n, start: time.Now(), quit: make(chan struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.quit:
+				return
+			case <-t.C:
+				p.line("")
+			}
+		}
+	}()
+	return p
+}
+
+func (p *benchProgress) add() { p.done.Add(1) }
+
+func (p *benchProgress) line(end string) {
+	k, secs := p.done.Load(), time.Since(p.start).Seconds()
+	fmt.Fprintf(p.w, "bench server: %s %d/%d in %.1fs (%.0f/s)%s\n", p.what, k, p.n, secs, float64(k)/secs, end)
+}
+
+// stop ends the reports with a last one.
+func (p *benchProgress) stop(err error) {
+	close(p.quit)
+	p.wg.Wait()
+	end := ", done"
+	if err != nil {
+		end = ", failed: " + err.Error()
+	}
+	p.line(end)
 }
 
 // benchCode stores an authorization request of u for the bench agent and
@@ -300,19 +382,38 @@ func benchCode(ctx context.Context, a *app, u broker.User, d authserver.Decision
 	return code, nil
 }
 
-// benchControl serves the load generator: POST /mint?n=K mints K codes
-// (remembered consent, through Decide) spread over the seeded users, and
-// /debug/pprof/ profiles this process. It listens on its own loopback
-// port, never on Lanyard's.
-func benchControl(a *app, grants []benchGrant) http.Handler {
+// benchCtl is the control listener of the bench server.
+type benchCtl struct {
+	a         *app
+	grants    []benchGrant
+	storePath string
+	out       io.Writer    // progress
+	count     atomic.Int64 // grants in the store
+	growing   sync.Mutex
+}
+
+// benchGrowth is the answer of POST /grow.
+type benchGrowth struct {
+	Added      int     `json:"added"`
+	Grants     int     `json:"grants"`
+	Seconds    float64 `json:"seconds"`
+	StoreBytes int64   `json:"store_bytes"`
+	HeapAlloc  uint64  `json:"heap_alloc"`
+}
+
+// handler serves the load generator: POST /mint?n=K mints K codes
+// (remembered consent, through Decide) spread over the seeded users; POST
+// /grow?to=N adds idle grants (benchExtraGrants) until the store holds N;
+// GET /heap and /commits report the live heap and the group commit's
+// counters; /debug/pprof/ profiles this process. It listens on its own
+// loopback port, never on Lanyard's.
+func (c *benchCtl) handler() http.Handler {
+	a, grants := c.a, c.grants
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /heap", func(w http.ResponseWriter, r *http.Request) {
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		_ = json.NewEncoder(w).Encode(map[string]uint64{"heap_alloc": ms.HeapAlloc})
+		_ = json.NewEncoder(w).Encode(map[string]uint64{"heap_alloc": benchLiveHeap()})
 	})
 	mux.HandleFunc("GET /commits", func(w http.ResponseWriter, r *http.Request) {
 		var st bolt.CommitStats
@@ -320,6 +421,33 @@ func benchControl(a *app, grants []benchGrant) http.Handler {
 			st = db.CommitStats()
 		}
 		_ = json.NewEncoder(w).Encode(map[string]int64{"commits": st.Commits, "calls": st.Calls, "nanos": int64(st.Time)})
+	})
+	mux.HandleFunc("POST /grow", func(w http.ResponseWriter, r *http.Request) {
+		to, err := strconv.Atoi(r.URL.Query().Get("to"))
+		if err != nil || to < 1 {
+			http.Error(w, "to must be a positive number of grants", http.StatusBadRequest)
+			return
+		}
+		c.growing.Lock()
+		defer c.growing.Unlock()
+		have := int(c.count.Load())
+		start := time.Now()
+		var g benchGrowth
+		if to > have {
+			err = benchExtraGrants(r.Context(), a, grants, have, to-have, c.out)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			g.Added = to - have
+			c.count.Store(int64(to))
+		}
+		g.Grants, g.Seconds, g.HeapAlloc = int(c.count.Load()), time.Since(start).Seconds(), benchLiveHeap()
+		if st, err := os.Stat(c.storePath); err == nil {
+			g.StoreBytes = st.Size()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(g)
 	})
 	mux.HandleFunc("POST /mint", func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.Atoi(r.URL.Query().Get("n"))
@@ -344,6 +472,14 @@ func benchControl(a *app, grants []benchGrant) http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"codes": codes, "verifier": benchVerifier})
 	})
 	return mux
+}
+
+// benchLiveHeap is the live heap after a GC.
+func benchLiveHeap() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
 
 // startStubProvider serves an OAuth token endpoint that answers every
