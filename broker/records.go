@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -126,6 +127,19 @@ type Resource struct {
 	// FromConfig: defined in the config file, removed when it leaves it.
 	FromConfig bool      `json:"from_config,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+}
+
+// Clone returns a copy of r that shares no slice with it.
+func (r Resource) Clone() Resource {
+	r.Scopes = slices.Clone(r.Scopes)
+	r.DefaultScopes = slices.Clone(r.DefaultScopes)
+	r.Connectors = slices.Clone(r.Connectors)
+	r.Policy.Tools = slices.Clone(r.Policy.Tools)
+	for i, t := range r.Policy.Tools {
+		r.Policy.Tools[i].Scopes = slices.Clone(t.Scopes)
+		r.Policy.Tools[i].Connectors = slices.Clone(t.Connectors)
+	}
+	return r
 }
 
 func (r Resource) RecordID() string        { return r.ID }

@@ -60,7 +60,8 @@ var resources = kind[broker.Resource]{
 	table: broker.Store.Resources,
 	fixture: func(id, uniq string, now time.Time) broker.Resource {
 		return broker.Resource{ID: id, URI: "https://mcp.example.com/" + uniq, Name: "MCP " + uniq,
-			TokenEndpointAuthMethod: "client_secret_basic", SecretHash: "$argon2id$x", Connectors: []string{"github"}, CreatedAt: now}
+			TokenEndpointAuthMethod: "client_secret_basic", SecretHash: "$argon2id$x", Connectors: []string{"github"}, CreatedAt: now,
+			Policy: broker.ToolPolicy{Tools: []broker.ToolRule{{Name: "read", Scopes: []string{"mail.read"}, Connectors: []string{"github"}}}}}
 	},
 	mutate: func(r broker.Resource) broker.Resource {
 		r.URI += "/v2"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -23,6 +24,13 @@ func testTable[T broker.Record](t *testing.T, open Opener, k kind[T]) {
 		got, err := tab.Get(ctx, rec.RecordID())
 		if noErr(t, "Get", err) {
 			equal(t, "Get after Create", got, rec)
+		}
+		// A caller may change the record it got, slices included; that is
+		// its copy only (a store that remembers decoded records must
+		// hand out copies).
+		scribble(reflect.ValueOf(&got).Elem())
+		if got, err := tab.Get(ctx, rec.RecordID()); noErr(t, "Get after the caller changed its copy", err) {
+			equal(t, "Get after the caller changed its copy", got, rec)
 		}
 		wantErr(t, "Create duplicate", tab.Create(ctx, k.fixture("rec-1", "other", e.clock.Now())), broker.ErrAlreadyExists)
 		if got, err := tab.Get(ctx, rec.RecordID()); noErr(t, "Get after duplicate Create", err) {
@@ -235,4 +243,25 @@ func checkIndexes[T broker.Record](t *testing.T, tab broker.Table[T], before, af
 
 func hasUnique(r broker.Record) bool {
 	return slices.ContainsFunc(r.RecordIndexes(), func(ix broker.Index) bool { return ix.Unique })
+}
+
+// scribble overwrites, in place, every string held in a slice reachable
+// from v: what a careless caller might do to the record it was given.
+func scribble(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				scribble(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			if e := v.Index(i); e.Kind() == reflect.String {
+				e.SetString("scribbled")
+			} else {
+				scribble(e)
+			}
+		}
+	}
 }

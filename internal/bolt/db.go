@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 	bbolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -142,6 +143,8 @@ func Open(path string, opts Options) (*DB, error) {
 	db.users = newTable[broker.User](db, "users")
 	db.clients = newTable[broker.Client](db, "clients")
 	db.resources = newTable[broker.Resource](db, "resources")
+	// MCP server registrations are read by every redemption and rarely change.
+	db.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
 	db.connections = newTable[broker.Connection](db, "connections")
 	db.grants = newTable[broker.Grant](db, "grants")
 	db.authCodes = newSingleUse[broker.AuthCode](db, "auth_codes")

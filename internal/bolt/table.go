@@ -27,6 +27,8 @@ type table[T broker.Record] struct {
 	// indexes are the index names T declares. Queries naming any other
 	// index are rejected rather than answered with nothing.
 	indexes broker.IndexNames
+	// memo, if set, saves decoding records whose bytes have not changed.
+	memo *codec.Memo[T]
 }
 
 // sweeper is what Open and Sweep need from every table, whatever its T.
@@ -267,7 +269,13 @@ func (t *table[T]) load(tx *bbolt.Tx, id string) (T, bool, error) {
 	if !ok {
 		return rec, false, nil
 	}
-	if err := codec.Decode(raw, &rec); err != nil {
+	var err error
+	if t.memo != nil {
+		rec, err = t.memo.Decode(id, raw)
+	} else {
+		err = codec.Decode(raw, &rec)
+	}
+	if err != nil {
 		return rec, false, fmt.Errorf("%s %q: decode: %w", t.kind, id, err)
 	}
 	return rec, true, nil

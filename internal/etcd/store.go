@@ -72,6 +72,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/internal/codec"
 )
 
 const component = "etcd"
@@ -237,6 +238,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.users = newTable[broker.User](s, "users")
 	s.clients = newTable[broker.Client](s, "clients")
 	s.resources = newTable[broker.Resource](s, "resources")
+	// MCP server registrations are read by every redemption and rarely change.
+	s.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
 	s.connections = newTable[broker.Connection](s, "connections")
 	s.grants = newTable[broker.Grant](s, "grants")
 	s.authCodes = newSingleUse[broker.AuthCode](s, "auth_codes")

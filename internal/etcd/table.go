@@ -23,6 +23,8 @@ type table[T broker.Record] struct {
 	// indexes are the index names T declares. Queries naming any other
 	// index are rejected rather than answered with nothing.
 	indexes broker.IndexNames
+	// memo, if set, saves decoding records whose bytes have not changed.
+	memo *codec.Memo[T]
 }
 
 // sweeper is what Sweep needs from every table, whatever its T.
@@ -64,7 +66,13 @@ func expStamp(exp time.Time) string {
 
 func (t *table[T]) decode(kv *mvccpb.KeyValue) (T, error) {
 	var rec T
-	if err := codec.Decode(kv.Value, &rec); err != nil {
+	var err error
+	if t.memo != nil {
+		rec, err = t.memo.Decode(string(kv.Key), kv.Value)
+	} else {
+		err = codec.Decode(kv.Value, &rec)
+	}
+	if err != nil {
 		return rec, fmt.Errorf("%s %q: decode: %w", t.kind, strings.TrimPrefix(string(kv.Key), t.recPrefix()), err)
 	}
 	return rec, nil
