@@ -48,13 +48,20 @@ func changeAll(v reflect.Value) {
 	}
 }
 
-// TestResourceClone: a clone shares no slice with the original, however
-// deep, including fields added after this test was written.
-func TestResourceClone(t *testing.T) {
-	var r, want Resource
+// TestClone: a clone of each record that stores memoise shares no slice
+// with the original, however deep, including fields added after this test
+// was written.
+func TestClone(t *testing.T) {
+	t.Run("Resource", func(t *testing.T) { checkClone(t, Resource.Clone) })
+	t.Run("Grant", func(t *testing.T) { checkClone(t, Grant.Clone) })
+	t.Run("Connection", func(t *testing.T) { checkClone(t, Connection.Clone) })
+}
+
+func checkClone[T any](t *testing.T, clone func(T) T) {
+	var r, want T
 	fillAll(reflect.ValueOf(&r).Elem())
 	fillAll(reflect.ValueOf(&want).Elem())
-	c := r.Clone()
+	c := clone(r)
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("clone = %+v, want %+v", c, want)
 	}

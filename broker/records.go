@@ -175,6 +175,9 @@ type Connection struct {
 	LastVerified time.Time        `json:"last_verified,omitzero"`
 }
 
+// Clone returns a copy of c that shares nothing with it.
+func (c Connection) Clone() Connection { return c }
+
 func (c Connection) RecordID() string        { return c.ID }
 func (c Connection) RecordExpiry() time.Time { return time.Time{} }
 func (c Connection) RecordIndexes() []Index {
@@ -204,6 +207,13 @@ type Grant struct {
 	RevokeReason  string    `json:"revoke_reason,omitempty"`
 	// LastUsedAt is when a token was last issued or redeemed under it.
 	LastUsedAt time.Time `json:"last_used_at,omitzero"`
+}
+
+// Clone returns a copy of g that shares no slice with it.
+func (g Grant) Clone() Grant {
+	g.Scopes = slices.Clone(g.Scopes)
+	g.ConnectionIDs = slices.Clone(g.ConnectionIDs)
+	return g
 }
 
 func (g Grant) RecordID() string        { return g.ID }

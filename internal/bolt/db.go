@@ -143,8 +143,6 @@ func Open(path string, opts Options) (*DB, error) {
 	db.users = newTable[broker.User](db, "users")
 	db.clients = newTable[broker.Client](db, "clients")
 	db.resources = newTable[broker.Resource](db, "resources")
-	// MCP server registrations are read by every redemption and rarely change.
-	db.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
 	db.connections = newTable[broker.Connection](db, "connections")
 	db.grants = newTable[broker.Grant](db, "grants")
 	db.authCodes = newSingleUse[broker.AuthCode](db, "auth_codes")
@@ -153,6 +151,10 @@ func Open(path string, opts Options) (*DB, error) {
 	db.sessions = newTable[broker.Session](db, "sessions")
 	db.authReqs = newSingleUse[broker.AuthRequest](db, "auth_requests")
 	db.links = newSingleUse[broker.PendingLink](db, "pending_links")
+	// Read by every redemption, changed far less often.
+	db.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
+	db.grants.memo = &codec.Memo[broker.Grant]{Clone: broker.Grant.Clone, Max: codec.MemoMax}
+	db.connections.memo = &codec.Memo[broker.Connection]{Clone: broker.Connection.Clone, Max: codec.MemoMax}
 	db.sweepers = []sweeper{db.users, db.clients, db.resources, db.connections, db.grants,
 		db.authCodes, db.refresh, db.devices, db.sessions, db.authReqs, db.links, counters{db}}
 	err = bdb.Update(func(tx *bbolt.Tx) error {

@@ -5,14 +5,14 @@ import (
 	"sync"
 )
 
-// MemoMax is the size the stores give their memos: far more MCP server
-// registrations than a deployment has.
-const MemoMax = 1024
+// MemoMax is the size the stores give each memo. Beyond it the memo still
+// bounds memory (about a KiB per entry) and only saves less.
+const MemoMax = 4096
 
 // Memo remembers the decoded form of records that are read far more often
-// than they change (MCP server registrations: read by every redemption,
-// token exchange and introspection), so that reading one costs a byte
-// comparison instead of a decode. It never serves a stale record: the
+// than they change (MCP server registrations, grants and connections: read
+// by every redemption), so that reading one costs a byte comparison instead
+// of a decode. It never serves a stale record: the
 // caller always reads the stored bytes first (from the store, in the same
 // transaction as before) and an entry is used only if those bytes are
 // identical to the ones it was decoded from. Memo only saves the decode.

@@ -238,8 +238,6 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.users = newTable[broker.User](s, "users")
 	s.clients = newTable[broker.Client](s, "clients")
 	s.resources = newTable[broker.Resource](s, "resources")
-	// MCP server registrations are read by every redemption and rarely change.
-	s.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
 	s.connections = newTable[broker.Connection](s, "connections")
 	s.grants = newTable[broker.Grant](s, "grants")
 	s.authCodes = newSingleUse[broker.AuthCode](s, "auth_codes")
@@ -248,6 +246,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.sessions = newTable[broker.Session](s, "sessions")
 	s.authReqs = newSingleUse[broker.AuthRequest](s, "auth_requests")
 	s.links = newSingleUse[broker.PendingLink](s, "pending_links")
+	// Read by every redemption, changed far less often.
+	s.resources.memo = &codec.Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: codec.MemoMax}
+	s.grants.memo = &codec.Memo[broker.Grant]{Clone: broker.Grant.Clone, Max: codec.MemoMax}
+	s.connections.memo = &codec.Memo[broker.Connection]{Clone: broker.Connection.Clone, Max: codec.MemoMax}
 	s.sweepers = []sweeper{s.users, s.clients, s.resources, s.connections, s.grants,
 		s.authCodes, s.refresh, s.devices, s.sessions, s.authReqs, s.links, counters{s}}
 	if err := s.Ping(ctx); err != nil {
