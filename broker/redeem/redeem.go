@@ -41,10 +41,10 @@
 package redeem
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -514,7 +514,11 @@ func parseRequest(w http.ResponseWriter, r *http.Request) (Request, *failure) {
 	if r.URL.RawQuery != "" {
 		return req, fail(oauth.ErrInvalidRequest, "parameters must be sent in the body, not the query string")
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	// Sized from Content-Length (bounded), so a body is read in one go.
+	var buf bytes.Buffer
+	buf.Grow(int(min(max(r.ContentLength, 0), MaxBody) + 1))
+	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
+	body := buf.Bytes()
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
