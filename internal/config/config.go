@@ -301,7 +301,7 @@ func Default() Config {
 			MaxHeaderBytes:    32 << 10,
 			ShutdownTimeout:   15 * time.Second,
 		},
-		Runtime: Runtime{GCHeadroomMB: 64},
+		Runtime: Runtime{GCHeadroomMB: 32},
 		Store:   Store{Backend: "bolt", Etcd: Etcd{Prefix: "/lanyard/", DialTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second}},
 		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
 		OAuth: OAuth{

@@ -28,7 +28,7 @@ import (
 )
 
 // DefaultHeadroom is the headroom used when the configuration sets none.
-const DefaultHeadroom = 64 << 20
+const DefaultHeadroom = 32 << 20
 
 // liveMetric is the heap the last collection found live.
 const liveMetric = "/gc/heap/live:bytes"

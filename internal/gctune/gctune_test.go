@@ -39,7 +39,7 @@ func TestStart(t *testing.T) {
 		runtime.GC()
 		stop := Start(DefaultHeadroom, log)
 		if got := gogc(); got <= 100 {
-			t.Errorf("GOGC with a small live heap and 64 MiB headroom = %d, want > 100", got)
+			t.Errorf("GOGC with a small live heap and the default headroom = %d, want > 100", got)
 		}
 		stop()
 		if got := gogc(); got != before {
