@@ -54,13 +54,20 @@ type AuditEvent struct {
 // SHA-256 of prev and the event's JSON without its own Hash. Changing,
 // removing or reordering a record breaks the chain after it.
 func (e AuditEvent) ChainHash() string {
+	_, h := e.hashed()
+	return h
+}
+
+// hashed returns the JSON of e with an empty Hash and the chain hash over
+// it.
+func (e AuditEvent) hashed() ([]byte, string) {
 	e.Hash = ""
 	b, _ := json.Marshal(e) // a struct of strings, numbers and a time: cannot fail
 	h := sha256.New()
 	h.Write([]byte(e.PrevHash))
 	h.Write([]byte{0})
 	h.Write(b)
-	return hex.EncodeToString(h.Sum(nil))
+	return b, hex.EncodeToString(h.Sum(nil))
 }
 
 // AuditLog is the append-only, hash-chained audit record.
@@ -77,11 +84,27 @@ type AuditLog interface {
 // is prevHash: with Seq and PrevHash set, Time set to now if zero and made
 // UTC, and Hash computed. AuditLog backends append what it returns.
 func (e AuditEvent) Chained(seq uint64, prevHash string, now time.Time) AuditEvent {
+	e, _ = e.ChainedJSON(seq, prevHash, now)
+	return e
+}
+
+// ChainedJSON is Chained, and the record's JSON as json.Marshal writes it,
+// for a backend to store: one encoding serves both the hash and the record.
+func (e AuditEvent) ChainedJSON(seq uint64, prevHash string, now time.Time) (AuditEvent, []byte) {
 	e.Seq, e.PrevHash = seq, prevHash
 	if e.Time.IsZero() {
 		e.Time = now
 	}
 	e.Time = e.Time.UTC()
-	e.Hash = e.ChainHash()
-	return e
+	b, h := e.hashed()
+	e.Hash = h
+	// Hash is the last member and hex needs no escaping: the encoding with
+	// it is the one without, with the hash between the final quotes.
+	const tail = `""}`
+	out := make([]byte, 0, len(b)+len(h))
+	out = append(out, b[:len(b)-len(tail)]...)
+	out = append(out, '"')
+	out = append(out, h...)
+	out = append(out, `"}`...)
+	return e, out
 }

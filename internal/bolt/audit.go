@@ -3,7 +3,6 @@ package bolt
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"sync"
 
@@ -108,11 +107,8 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 			}
 			seq = last + 1
 		}
-		e = in.Chained(seq, prev, a.db.now())
-		v, err := json.Marshal(e)
-		if err != nil {
-			return err
-		}
+		var v []byte
+		e, v = in.ChainedJSON(seq, prev, a.db.now())
 		if err := b.Put(seqKey(e.Seq), v); err != nil {
 			return err
 		}

@@ -72,11 +72,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 				return true, nil
 			}
 		}
-		ev := e.Chained(head.Seq+1, head.Hash, a.s.now())
-		rec, err := json.Marshal(ev)
-		if err != nil {
-			return false, err
-		}
+		ev, rec := e.ChainedJSON(head.Seq+1, head.Hash, a.s.now())
 		nh, err := json.Marshal(auditHead{Seq: ev.Seq, Hash: ev.Hash})
 		if err != nil {
 			return false, err
