@@ -28,7 +28,10 @@ type benchGrow struct {
 }
 
 // benchGrowCmp compares redeem before and after the growth: each figure is
-// the mean over the rounds of its side, and each ratio is after/before.
+// the median over the rounds of its side (one round caught in a stall of
+// the shared machine, such as the one right after writing a gigabyte of
+// grants, moves a mean but not the median; every round is in the table),
+// and each ratio is after/before.
 type benchGrowCmp struct {
 	RPSBefore float64 `json:"rps_before"`
 	RPSAfter  float64 `json:"rps_after"`
@@ -41,7 +44,7 @@ type benchGrowCmp struct {
 	P99xCeilBefore float64 `json:"p99_x_ceiling_before"`
 	P99xCeilAfter  float64 `json:"p99_x_ceiling_after"`
 	P99xCeilRatio  float64 `json:"p99_x_ceiling_after_over_before"`
-	// The noise: the largest (max - min) / mean among the rounds of one
+	// The noise: the largest (max - min) / median among the rounds of one
 	// side (0 with one round).
 	RPSSpread float64 `json:"rps_spread_within_side"`
 	P99Spread float64 `json:"p99_spread_within_side"`
@@ -136,14 +139,13 @@ func (r *benchRun) growStore(ctx context.Context, to int) (benchGrowth, error) {
 // returns a round's redeem result and its ceiling.
 func benchCompare(before, after []benchRound, pick func(benchRound) (benchResult, benchResult)) benchGrowCmp {
 	side := func(rounds []benchRound) (rps, p99, p99xCeil, rpsSpread, p99Spread float64) {
-		var rpss, p99s []float64
+		var rpss, p99s, xs []float64
 		for _, x := range rounds {
 			red, ceil := pick(x)
 			rpss, p99s = append(rpss, red.RPS), append(p99s, red.P99ms)
-			p99xCeil += benchDiv(red.P99ms, ceil.P99ms) / float64(len(rounds))
+			xs = append(xs, benchDiv(red.P99ms, ceil.P99ms))
 		}
-		rps, p99 = benchMean(rpss), benchMean(p99s)
-		return rps, p99, p99xCeil, benchSpread(rpss), benchSpread(p99s)
+		return benchMedian(rpss), benchMedian(p99s), benchMedian(xs), benchSpread(rpss), benchSpread(p99s)
 	}
 	var c benchGrowCmp
 	var s1, s2, s3, s4 float64
@@ -155,20 +157,25 @@ func benchCompare(before, after []benchRound, pick func(benchRound) (benchResult
 	return c
 }
 
-func benchMean(v []float64) float64 {
-	var s float64
-	for _, x := range v {
-		s += x
+// benchMedian is the median of v (the mean of the middle two for an even
+// count; 0 for none).
+func benchMedian(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
 	}
-	return benchDiv(s, float64(len(v)))
+	v = slices.Sorted(slices.Values(v))
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
-// benchSpread is (max - min) / mean of v (0 for fewer than two values).
+// benchSpread is (max - min) / median of v (0 for fewer than two values).
 func benchSpread(v []float64) float64 {
 	if len(v) < 2 {
 		return 0
 	}
-	return benchDiv(slices.Max(v)-slices.Min(v), benchMean(v))
+	return benchDiv(slices.Max(v)-slices.Min(v), benchMedian(v))
 }
 
 func (g *benchGrow) print(w io.Writer) {
@@ -177,7 +184,7 @@ func (g *benchGrow) print(w io.Writer) {
 	line := func(name string, c benchGrowCmp) {
 		noise := ""
 		if g.Rounds > 1 {
-			noise = fmt.Sprintf("; %d rounds a side, differing by up to %.0f %% in req/s and %.0f %% in p99 (noise)",
+			noise = fmt.Sprintf("; medians of %d rounds a side, which differ by up to %.0f %% in req/s and %.0f %% in p99 (noise)",
 				g.Rounds, 100*c.RPSSpread, 100*c.P99Spread)
 		}
 		fmt.Fprintf(w, "  %s: p99 after/before = %.2f (%.2f → %.2f ms), req/s after/before = %.2f (%.0f → %.0f), p99 x ceiling after/before = %.2f (%.2f → %.2f)%s\n",

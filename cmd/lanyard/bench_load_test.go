@@ -2,6 +2,7 @@ package main
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -131,5 +132,23 @@ func TestBenchWant(t *testing.T) {
 	f.only = ""
 	if !f.want("vault@rate") || !f.want("refresh") {
 		t.Error("everything by default")
+	}
+}
+
+func TestBenchMedian(t *testing.T) {
+	for _, c := range []struct {
+		v    []float64
+		want float64
+	}{
+		{nil, 0}, {[]float64{3}, 3}, {[]float64{9, 1, 5}, 5}, {[]float64{10, 2, 4, 8}, 6},
+		{[]float64{20.3, 59.2, 10.3}, 20.3}, // one stalled round does not move it
+	} {
+		in := slices.Clone(c.v)
+		if got := benchMedian(c.v); got != c.want {
+			t.Errorf("benchMedian(%v) = %v, want %v", c.v, got, c.want)
+		}
+		if !slices.Equal(in, c.v) {
+			t.Errorf("benchMedian reordered its argument: %v", c.v)
+		}
 	}
 }
