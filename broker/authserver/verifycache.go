@@ -12,6 +12,9 @@ import (
 // DefaultVerifiedTokens is Options.VerifiedTokens when it is zero.
 const DefaultVerifiedTokens = 100_000
 
+// evictLook is how many entries a put into a full cache looks at.
+const evictLook = 8
+
 // verifiedCache remembers the claims of access tokens whose signature,
 // type, issuer and required claims verified, keyed by the SHA-256 of the
 // token, so that an MCP server redeeming the same token for one tool call
@@ -66,11 +69,25 @@ func (c *verifiedCache) put(raw string, cl token.Claims, now time.Time) {
 	cl.Scopes = slices.Clone(cl.Scopes)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= c.max {
-		for k, x := range c.m { // full: drop the expired, else some
-			if now.After(x.ExpiresAt.Add(token.ClockSkew)) || len(c.m) >= c.max {
-				delete(c.m, k)
+	if _, ok := c.m[k]; !ok && len(c.m) >= c.max {
+		// Full: look at a few entries (map order is random), dropping the
+		// expired ones and, if none was, one that is not. A bounded look:
+		// scanning the whole map under the lock on every put of a full
+		// cache stalled every verification behind it (BENCHMARKS.md,
+		// 100,000 active grants).
+		seen, victim, some := 0, [sha256.Size]byte{}, false
+		for old, x := range c.m {
+			if now.After(x.ExpiresAt.Add(token.ClockSkew)) {
+				delete(c.m, old)
+			} else if !some {
+				victim, some = old, true
 			}
+			if seen++; seen >= evictLook {
+				break
+			}
+		}
+		if len(c.m) >= c.max && some {
+			delete(c.m, victim)
 		}
 	}
 	c.m[k] = cl
