@@ -91,8 +91,9 @@ func RequestID(ctx context.Context) string {
 // Annotate adds attributes to the request's access log line, which
 // Middleware writes when the handler returns: one line per request that
 // says what it did, rather than a line of its own. It must be called from
-// the handler's goroutine. Outside Middleware it logs the attributes at
-// info level instead, so nothing is lost.
+// the handler's goroutine, once per request (a second call's keys would
+// repeat the first's on the line). Outside Middleware it logs the
+// attributes at info level instead, so nothing is lost.
 func Annotate(ctx context.Context, msg string, attrs ...slog.Attr) {
 	rq := fromContext(ctx)
 	if rq == nil {
