@@ -49,8 +49,8 @@ type Main struct {
 	// PasswordCost is the bcrypt cost of new password hashes; 0 means
 	// password.DefaultCost. Tests lower it.
 	PasswordCost int
-	// credCacheTTL is links.Options.CredentialCacheTTL (0: its default);
-	// `lanyard bench server --credential-cache-ttl` sets it.
+	// credCacheTTL, if not 0, overrides secrets.cache_ttl (negative: no
+	// cache); `lanyard bench server --credential-cache-ttl` sets it.
 	credCacheTTL time.Duration
 }
 

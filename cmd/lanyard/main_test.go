@@ -447,3 +447,16 @@ func TestConfigCheckRunsVaultValidation(t *testing.T) {
 		t.Errorf("config check: exit %d, stderr %q; want 2 naming the mount and never the token", code, stderr)
 	}
 }
+
+func TestCredentialCacheTTL(t *testing.T) {
+	for _, c := range []struct{ configured, override, want time.Duration }{
+		{time.Minute, 0, time.Minute},
+		{0, 0, -1}, // secrets.cache_ttl: 0s turns the cache off
+		{time.Minute, -time.Second, -time.Second},
+		{time.Minute, 10 * time.Minute, 10 * time.Minute},
+	} {
+		if got := credentialCacheTTL(c.configured, c.override); got != c.want {
+			t.Errorf("credentialCacheTTL(%v, %v) = %v, want %v", c.configured, c.override, got, c.want)
+		}
+	}
+}

@@ -91,7 +91,7 @@ func (m *Main) mountOAuth(ctx context.Context, a *app) error {
 		return fmt.Errorf("link key: %w", err)
 	}
 	linkSvc, err := links.New(links.Options{Store: a.store, Secrets: a.secrets, Connectors: conns, Key: linkKey,
-		CallbackURL: a.url + web.PathCallback, CredentialCacheTTL: m.credCacheTTL, Lock: storeLock(a.store), Logger: a.log})
+		CallbackURL: a.url + web.PathCallback, CredentialCacheTTL: credentialCacheTTL(cfg.Secrets.CacheTTL, m.credCacheTTL), Lock: storeLock(a.store), Logger: a.log})
 	if err != nil {
 		return err
 	}
@@ -284,4 +284,18 @@ func (m *Main) keysCmd(ctx context.Context, args []string) error {
 			k.Created.UTC().Format(time.RFC3339), k.NotBefore.UTC().Format(time.RFC3339))
 	}
 	return nil
+}
+
+// credentialCacheTTL is links.Options.CredentialCacheTTL for the configured
+// secrets.cache_ttl (0: off) unless override (bench's
+// --credential-cache-ttl; 0: none) says otherwise.
+func credentialCacheTTL(configured, override time.Duration) time.Duration {
+	switch {
+	case override != 0:
+		return override
+	case configured == 0:
+		return -1
+	default:
+		return configured
+	}
 }

@@ -113,6 +113,12 @@ type Secrets struct {
 	Backend string `yaml:"backend"` // vault or sealed
 	Vault   Vault  `yaml:"vault"`
 	Sealed  Sealed `yaml:"sealed"`
+	// CacheTTL is how long a replica reuses an upstream credential it read
+	// from the secret store, and only while the connection record names
+	// the same secret version (links.Options.CredentialCacheTTL). Changes
+	// made through Lanyard are seen at once; this bounds only edits made in
+	// the store behind Lanyard's back. 0 turns the cache off.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
 }
 
 // Sealed configures the embedded sealed secret store.
@@ -303,7 +309,8 @@ func Default() Config {
 		},
 		Runtime: Runtime{GCHeadroomMB: 32},
 		Store:   Store{Backend: "bolt", Etcd: Etcd{Prefix: "/lanyard/", DialTimeout: 5 * time.Second, RequestTimeout: 5 * time.Second}},
-		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second}},
+		Secrets: Secrets{Backend: "sealed", Vault: Vault{Mount: "secret", Prefix: "lanyard", Timeout: 5 * time.Second},
+			CacheTTL: time.Minute},
 		OAuth: OAuth{
 			AccessTokenTTL: 10 * time.Minute, RefreshTokenTTL: 30 * 24 * time.Hour, SessionTTL: 12 * time.Hour,
 			DeviceCodeTTL: 10 * time.Minute, DeviceInterval: 5 * time.Second, SigningAlg: "ES256",
@@ -486,6 +493,9 @@ func (c *Config) finish() Problems {
 		add("store.backend: %q is not one of bolt, etcd", c.Store.Backend)
 	}
 	p = append(p, c.finishOAuth()...)
+	if c.Secrets.CacheTTL < 0 || c.Secrets.CacheTTL > time.Hour {
+		add("secrets.cache_ttl: %v is outside 0s..1h", c.Secrets.CacheTTL)
+	}
 	switch c.Secrets.Backend {
 	case "sealed":
 	case "vault":

@@ -66,9 +66,11 @@ issuer: http://lanyard.example.com
 listen: nonsense
 log: {level: loud, format: xml}
 http: {read_timeout: 0s, max_header_bytes: 10}
+runtime: {gc_headroom_mb: -1}
 store: {backend: postgres}
 secrets:
   backend: vault
+  cache_ttl: 2h
   vault: {address: "ftp://x", token: "${MISSING}"}
 `)
 	_, err := Parse(raw, env(nil))
@@ -79,6 +81,7 @@ secrets:
 	for _, want := range []string{
 		"issuer:", "listen:", "log.level:", "log.format:", "http.read_timeout:", "http.max_header_bytes:",
 		"store.backend:", "secrets.vault.address:", "MISSING is not set", "token, token_file or approle",
+		"runtime.gc_headroom_mb:", "secrets.cache_ttl:",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
