@@ -70,8 +70,9 @@ type HTTP struct {
 
 // Runtime tunes the Go runtime (internal/gctune).
 type Runtime struct {
-	// GCHeadroomMB lets the heap grow by at least this many MiB above the
-	// live heap between garbage collections; 0 is Go's default (GOGC=100).
+	// GCHeadroomMB lets the heap grow by this many MiB above the live heap
+	// between garbage collections (or by what GOGC=100 allows, if more);
+	// 0 is Go's default.
 	// The GOGC environment variable, if set, wins.
 	GCHeadroomMB int `yaml:"gc_headroom_mb"`
 }

@@ -8,11 +8,12 @@
 // times a second under load, and each cycle's fixed cost (scanning every
 // goroutine's stack, regrowing the stacks it shrank) is paid each time; in
 // the redeem profile that was 10–15% of the server's CPU (BENCHMARKS.md).
-// Tuner instead lets the heap grow by at least Headroom above the live heap
-// (GOGC = 100 × Headroom / live, never below 100), re-reading the live heap
-// from runtime/metrics a few times a second. Memory use is bounded: at most
-// Headroom more than GOGC=100 would use, and once the live heap exceeds
-// Headroom the setting is plain GOGC=100.
+// Start instead lets the heap grow by about headroom bytes between
+// collections (GOGC = 100 × headroom / (live heap + stacks + globals), never
+// below 100), re-reading those from runtime/metrics a few times a second.
+// Memory use is bounded: the heap goal is at most headroom above the live
+// heap, or what GOGC=100 gives if that is more, which it is once the live
+// heap (with stacks and globals) exceeds headroom.
 //
 // This is the "minimum heap" Go does not offer itself (golang/go#44309);
 // the operator's own GOGC environment variable always wins. It sits below
@@ -24,18 +25,30 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"time"
 )
 
 // DefaultHeadroom is the headroom used when the configuration sets none.
 const DefaultHeadroom = 32 << 20
 
-// liveMetric is the heap the last collection found live.
-const liveMetric = "/gc/heap/live:bytes"
+// The metrics Go's heap goal is computed from: goal = live + (live +
+// stacks + globals) × GOGC/100 (the GC guide, Go 1.18 and later).
+var goalMetrics = []string{"/gc/heap/live:bytes", "/gc/scan/stack:bytes", "/gc/scan/globals:bytes"}
 
-// Percent is the GOGC that gives a live heap of live bytes at least
-// headroom bytes to grow before the next collection, and never less than
-// Go's default of 100.
+// running counts the tuners of this process (two apps in one process, as
+// in tests) and keeps the setting found before the first, which the last
+// one to stop restores.
+var running struct {
+	mu   sync.Mutex
+	n    int
+	orig int
+}
+
+// Percent is the GOGC that lets the heap grow headroom bytes before the
+// next collection when the collector's scannable roots (the live heap,
+// goroutine stacks and globals) total live bytes, and never less than Go's
+// default of 100.
 func Percent(live, headroom uint64) int {
 	if live == 0 {
 		live = 1 << 20 // before the first collection
@@ -55,14 +68,21 @@ func Start(headroom uint64, log *slog.Logger) (stop func()) {
 		return func() {}
 	}
 	done, finished := make(chan struct{}), make(chan struct{})
-	sample := []metrics.Sample{{Name: liveMetric}}
+	sample := make([]metrics.Sample, len(goalMetrics))
+	for i, name := range goalMetrics {
+		sample[i].Name = name
+	}
 	set := -1
 	tune := func() {
 		metrics.Read(sample)
-		if sample[0].Value.Kind() != metrics.KindUint64 {
-			return
+		var roots uint64
+		for _, x := range sample {
+			if x.Value.Kind() != metrics.KindUint64 {
+				return
+			}
+			roots += x.Value.Uint64()
 		}
-		p := Percent(sample[0].Value.Uint64(), headroom)
+		p := Percent(roots, headroom)
 		// Only a change of more than a tenth is worth a call (each one
 		// recomputes the heap goal).
 		if set < 0 || p > set+set/10 || p < set-set/10 {
@@ -70,8 +90,13 @@ func Start(headroom uint64, log *slog.Logger) (stop func()) {
 			set = p
 		}
 	}
-	orig := debug.SetGCPercent(100)
-	debug.SetGCPercent(orig)
+	running.mu.Lock()
+	if running.n == 0 {
+		running.orig = debug.SetGCPercent(100)
+		debug.SetGCPercent(running.orig)
+	}
+	running.n++
+	running.mu.Unlock()
 	tune()
 	log.Debug("gc tuning on", "headroom_bytes", headroom, "gogc", set)
 	go func() {
@@ -90,6 +115,10 @@ func Start(headroom uint64, log *slog.Logger) (stop func()) {
 	return func() {
 		close(done)
 		<-finished
-		debug.SetGCPercent(orig)
+		running.mu.Lock()
+		if running.n--; running.n == 0 {
+			debug.SetGCPercent(running.orig)
+		}
+		running.mu.Unlock()
 	}
 }

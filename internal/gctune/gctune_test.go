@@ -46,6 +46,21 @@ func TestStart(t *testing.T) {
 			t.Errorf("GOGC after stop = %d, want %d", got, before)
 		}
 	})
+	t.Run("overlapping tuners restore the setting found before the first", func(t *testing.T) {
+		t.Setenv("GOGC", "")
+		before := gogc()
+		runtime.GC()
+		stopA := Start(DefaultHeadroom, log)
+		stopB := Start(DefaultHeadroom, log)
+		stopA()
+		if got := gogc(); got <= 100 {
+			t.Errorf("GOGC with one tuner still running = %d, want > 100", got)
+		}
+		stopB()
+		if got := gogc(); got != before {
+			t.Errorf("GOGC after both stopped = %d, want %d", got, before)
+		}
+	})
 	t.Run("the operator's GOGC wins", func(t *testing.T) {
 		t.Setenv("GOGC", "100")
 		before := gogc()
