@@ -41,10 +41,10 @@
 package redeem
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -514,11 +514,16 @@ func parseRequest(w http.ResponseWriter, r *http.Request) (Request, *failure) {
 	if r.URL.RawQuery != "" {
 		return req, fail(oauth.ErrInvalidRequest, "parameters must be sent in the body, not the query string")
 	}
-	// Sized from Content-Length (bounded), so a body is read in one go.
-	var buf bytes.Buffer
-	buf.Grow(int(min(max(r.ContentLength, 0), MaxBody) + 1))
-	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
-	body := buf.Bytes()
+	// With a Content-Length (the server holds the body to it), one buffer
+	// of that size; otherwise read to the end, bounded by MaxBody.
+	rd := http.MaxBytesReader(w, r.Body, MaxBody)
+	var body []byte
+	if n := r.ContentLength; n >= 0 && n <= MaxBody {
+		body = make([]byte, n)
+		_, err = io.ReadFull(rd, body)
+	} else {
+		body, err = io.ReadAll(rd)
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {

@@ -2,6 +2,8 @@ package redeem_test
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -136,6 +138,21 @@ func TestRedeemDenials(t *testing.T) {
 		if ev := w.lastAudit(); ev.UserID != "id-bob" || !strings.Contains(ev.Reason, "belongs to another user") {
 			t.Errorf("audit record = %+v", ev)
 		}
+	})
+	t.Run("body without a length (chunked)", func(t *testing.T) {
+		w.t = t
+		chunked := func(body string) *http.Request {
+			// A reader of unknown length: the client sends it chunked.
+			rq, _ := http.NewRequest("POST", w.issuer+authserver.PathRedeem, io.MultiReader(strings.NewReader(body)))
+			rq.Header.Set("Content-Type", "application/json")
+			rq.SetBasicAuth(mcpID, mcpSecret)
+			return rq
+		}
+		good, _ := json.Marshal(req(read, "keys", policyRead))
+		if r := w.send(chunked(string(good))); r.status != 200 || r.body["credential"] == nil {
+			t.Errorf("chunked redemption = %d %v, want 200 with a credential", r.status, r.body)
+		}
+		checkDenied(t, w.send(chunked(`{"token":"`+strings.Repeat("a", 17<<10)+`"}`)), 413, "invalid_request", "larger than")
 	})
 	t.Run("wrong content type", func(t *testing.T) {
 		w.t = t
