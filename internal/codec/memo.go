@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"sync"
+	"sync/atomic"
 )
 
 // MemoMax is the size the stores give each memo. Beyond it the memo still
@@ -19,14 +20,22 @@ const MemoMax = 4096
 //
 // Values are handed out as clones (Clone must copy every slice and map), so
 // a caller that changes its copy cannot change the remembered one. At most
-// Max entries are kept; when full, an arbitrary one makes room.
+// Max entries are kept. When full, a record not yet remembered replaces an
+// arbitrary entry only on every replaceEvery-th such miss: with far more
+// records in use than Max, replacing on every miss would cost more (a copy,
+// a clone, a write lock) than the decodes it saves, while replacing now and
+// then still lets the entries follow what is in use.
 type Memo[T any] struct {
 	Clone func(T) T
 	Max   int
 
-	mu sync.RWMutex
-	m  map[string]memoEntry[T]
+	mu     sync.RWMutex
+	m      map[string]memoEntry[T]
+	misses atomic.Uint64 // misses of keys not remembered while full
 }
+
+// replaceEvery: see Memo.
+const replaceEvery = 16
 
 type memoEntry[T any] struct {
 	raw []byte
@@ -38,6 +47,7 @@ type memoEntry[T any] struct {
 func (m *Memo[T]) Decode(key string, raw []byte) (T, error) {
 	m.mu.RLock()
 	e, ok := m.m[key]
+	full := len(m.m) >= max(m.Max, 1)
 	m.mu.RUnlock()
 	if ok && bytes.Equal(e.raw, raw) {
 		return m.Clone(e.val), nil
@@ -45,6 +55,9 @@ func (m *Memo[T]) Decode(key string, raw []byte) (T, error) {
 	var v T
 	if err := Decode(raw, &v); err != nil {
 		return v, err
+	}
+	if !ok && full && m.misses.Add(1)%replaceEvery != 0 {
+		return v, nil
 	}
 	// raw may live only as long as the caller's transaction: keep a copy.
 	e = memoEntry[T]{raw: bytes.Clone(raw), val: m.Clone(v)}

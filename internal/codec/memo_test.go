@@ -124,3 +124,32 @@ func BenchmarkMemo(b *testing.B) {
 		}
 	})
 }
+
+// TestMemoFullReplacesNowAndThen: when full, a record not yet remembered
+// takes a place only on every replaceEvery-th such miss, and is decoded
+// correctly either way; a remembered key with new bytes is replaced at once.
+func TestMemoFullReplacesNowAndThen(t *testing.T) {
+	m := &Memo[broker.Resource]{Clone: broker.Resource.Clone, Max: 2}
+	r := broker.Resource{ID: "r", URI: "https://mcp.example/"}
+	raw := resourceJSON(t, r)
+	for _, k := range []string{"a", "b"} {
+		if _, err := m.Decode(k, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range replaceEvery - 1 {
+		got, err := m.Decode(fmt.Sprint("other", i), raw)
+		if err != nil || !reflect.DeepEqual(got, r) {
+			t.Fatalf("Decode of a record not remembered = %+v, %v", got, err)
+		}
+	}
+	if _, a := m.m["a"]; !a || len(m.m) != 2 {
+		t.Fatalf("after %d misses while full the memo changed: %v", replaceEvery-1, m.m)
+	}
+	if _, err := m.Decode("last", raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.m["last"]; !ok || len(m.m) != 2 {
+		t.Errorf("the %d-th miss while full did not take a place (size %d)", replaceEvery, len(m.m))
+	}
+}
