@@ -483,6 +483,18 @@ func (r *benchRun) warmRedeem(auth *[2]string) {
 	r.redeemBodies = bodies
 }
 
+// rewarm redeems every seeded grant once (again, if warmRedeem ran).
+func (r *benchRun) rewarm() {
+	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
+	if r.redeemBodies == nil {
+		r.warmRedeem(&auth)
+		return
+	}
+	r.each(len(r.redeemBodies), func(i int) {
+		_ = r.post(r.fx.URL+"/v1/redeem", "application/json", r.redeemBodies[i], &auth, 200, nil)
+	})
+}
+
 // resolveRate sets the open loop's rate from --rate (a multiple of the
 // closed-loop redeem throughput measured before, or requests/s).
 func (r *benchRun) resolveRate() error {

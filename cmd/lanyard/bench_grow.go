@@ -91,6 +91,10 @@ func (r *benchRun) growScenario(ctx context.Context, ceilPid, lanyardPid int, ce
 	}
 	from := r.f.users + r.fx.ExtraGrants
 	var before, after []benchRound
+	// Each side starts right after every grant was redeemed once, so that
+	// both measure the same cache state (the credential cache's TTL may
+	// run out during the growth).
+	r.rewarm()
 	for k := 1; k <= r.f.growRounds; k++ {
 		before = append(before, round(from, k))
 	}
@@ -100,6 +104,7 @@ func (r *benchRun) growScenario(ctx context.Context, ceilPid, lanyardPid int, ce
 		return fmt.Errorf("bench: growing the store to %d grants: %w", r.f.growTo, err)
 	}
 	r.logf("bench: %d grants added in %.1fs (%.0f/s); store file %.1f MiB\n", g.Added, g.Seconds, float64(g.Added)/g.Seconds, float64(g.StoreBytes)/(1<<20))
+	r.rewarm()
 	for k := 1; k <= r.f.growRounds; k++ {
 		after = append(after, round(g.Grants, k))
 	}
