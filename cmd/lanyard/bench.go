@@ -470,28 +470,21 @@ func (r *benchRun) run(ctx context.Context) error {
 // redeems every grant once (token verified, credential read, LastUsedAt
 // written), as on a server whose agents are at work; once per run.
 func (r *benchRun) warmRedeem(auth *[2]string) {
-	if r.redeemBodies != nil {
-		return
+	if r.redeemBodies == nil {
+		r.rewarm(auth)
 	}
-	bodies := make([][]byte, len(r.fx.Grants))
-	for i, g := range r.fx.Grants {
-		bodies[i], _ = json.Marshal(map[string]string{"token": g.Token, "connector": benchKeys, "tool": benchTool})
-	}
-	r.each(len(bodies), func(i int) {
-		_ = r.post(r.fx.URL+"/v1/redeem", "application/json", bodies[i], auth, 200, nil)
-	})
-	r.redeemBodies = bodies
 }
 
-// rewarm redeems every seeded grant once (again, if warmRedeem ran).
-func (r *benchRun) rewarm() {
-	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
+// rewarm redeems every seeded grant once, building the bodies if needed.
+func (r *benchRun) rewarm(auth *[2]string) {
 	if r.redeemBodies == nil {
-		r.warmRedeem(&auth)
-		return
+		r.redeemBodies = make([][]byte, len(r.fx.Grants))
+		for i, g := range r.fx.Grants {
+			r.redeemBodies[i], _ = json.Marshal(map[string]string{"token": g.Token, "connector": benchKeys, "tool": benchTool})
+		}
 	}
 	r.each(len(r.redeemBodies), func(i int) {
-		_ = r.post(r.fx.URL+"/v1/redeem", "application/json", r.redeemBodies[i], &auth, 200, nil)
+		_ = r.post(r.fx.URL+"/v1/redeem", "application/json", r.redeemBodies[i], auth, 200, nil)
 	})
 }
 

@@ -94,7 +94,8 @@ func (r *benchRun) growScenario(ctx context.Context, ceilPid, lanyardPid int, ce
 	// Each side starts right after every grant was redeemed once, so that
 	// both measure the same cache state (the credential cache's TTL may
 	// run out during the growth).
-	r.rewarm()
+	auth := [2]string{r.fx.ResourceID, r.fx.ResourceSecret}
+	r.rewarm(&auth)
 	for k := 1; k <= r.f.growRounds; k++ {
 		before = append(before, round(from, k))
 	}
@@ -104,7 +105,7 @@ func (r *benchRun) growScenario(ctx context.Context, ceilPid, lanyardPid int, ce
 		return fmt.Errorf("bench: growing the store to %d grants: %w", r.f.growTo, err)
 	}
 	r.logf("bench: %d grants added in %.1fs (%.0f/s); store file %.1f MiB\n", g.Added, g.Seconds, float64(g.Added)/g.Seconds, float64(g.StoreBytes)/(1<<20))
-	r.rewarm()
+	r.rewarm(&auth)
 	for k := 1; k <= r.f.growRounds; k++ {
 		after = append(after, round(g.Grants, k))
 	}
