@@ -81,16 +81,10 @@ type AuditLog interface {
 }
 
 // Chained returns e as record seq of the chain after the record whose hash
-// is prevHash: with Seq and PrevHash set, Time set to now if zero and made
-// UTC, and Hash computed. AuditLog backends append what it returns.
-func (e AuditEvent) Chained(seq uint64, prevHash string, now time.Time) AuditEvent {
-	e, _ = e.ChainedJSON(seq, prevHash, now)
-	return e
-}
-
-// ChainedJSON is Chained, and the record's JSON as json.Marshal writes it,
-// for a backend to store: one encoding serves both the hash and the record.
-func (e AuditEvent) ChainedJSON(seq uint64, prevHash string, now time.Time) (AuditEvent, []byte) {
+// is prevHash (Seq and PrevHash set, Time set to now if zero and made UTC,
+// Hash computed), and its JSON as json.Marshal writes it: AuditLog backends
+// store those bytes. One encoding serves both the hash and the record.
+func (e AuditEvent) Chained(seq uint64, prevHash string, now time.Time) (AuditEvent, []byte) {
 	e.Seq, e.PrevHash = seq, prevHash
 	if e.Time.IsZero() {
 		e.Time = now

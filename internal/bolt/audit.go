@@ -108,7 +108,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (broker.Audit
 			seq = last + 1
 		}
 		var v []byte
-		e, v = in.ChainedJSON(seq, prev, a.db.now())
+		e, v = in.Chained(seq, prev, a.db.now())
 		if err := b.Put(seqKey(e.Seq), v); err != nil {
 			return err
 		}

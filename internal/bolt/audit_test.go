@@ -209,9 +209,8 @@ func TestAuditChainWithFailingBatches(t *testing.T) {
 	if err != nil || len(evs) != 1 {
 		t.Fatalf("Range = %v, %v", evs, err)
 	}
-	outside := broker.AuditEvent{Action: broker.AuditRevoke, Outcome: broker.OutcomeOK}.Chained(evs[0].Seq+1, evs[0].Hash, time.Now())
+	outside, raw := broker.AuditEvent{Action: broker.AuditRevoke, Outcome: broker.OutcomeOK}.Chained(evs[0].Seq+1, evs[0].Hash, time.Now())
 	if err := db.bolt.Update(func(tx *bbolt.Tx) error {
-		raw, _ := json.Marshal(outside)
 		return tx.Bucket([]byte(auditBucket)).Put(seqKey(outside.Seq), raw)
 	}); err != nil {
 		t.Fatal(err)

@@ -72,7 +72,7 @@ func (a auditLog) Append(ctx context.Context, e broker.AuditEvent) (out broker.A
 				return true, nil
 			}
 		}
-		ev, rec := e.ChainedJSON(head.Seq+1, head.Hash, a.s.now())
+		ev, rec := e.Chained(head.Seq+1, head.Hash, a.s.now())
 		nh, err := json.Marshal(auditHead{Seq: ev.Seq, Hash: ev.Hash})
 		if err != nil {
 			return false, err
