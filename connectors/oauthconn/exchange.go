@@ -43,15 +43,9 @@ const (
 // MaxBody) is ErrUpstream. Messages never carry a token or the client
 // secret.
 func (c *Connector) Exchange(ctx context.Context, secret broker.Secret, audience string, scopes []string) (connectors.Credential, error) {
-	if err := ctx.Err(); err != nil {
-		return connectors.Credential{}, err
-	}
-	tok, _, err := stored(secret)
+	tok, err := c.liveToken(ctx, secret)
 	if err != nil {
 		return connectors.Credential{}, err
-	}
-	if tok.AccessToken == "" || c.expired(tok) {
-		return connectors.Credential{}, ErrAccessTokenExpired
 	}
 	if audience == "" {
 		audience = c.exchangeAudience

@@ -772,19 +772,29 @@ func (c *Connector) revoke(ctx context.Context, token, hint string) error {
 	return fmt.Errorf("%w: %s revocation: status %d %s", connectors.ErrUpstream, c.DisplayName(), resp.StatusCode, clean(e.Error, 64))
 }
 
+// liveToken is the stored token, if its access token has not expired
+// (ErrAccessTokenExpired otherwise: the link service refreshes first).
+func (c *Connector) liveToken(ctx context.Context, secret broker.Secret) (*oauth2.Token, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tok, _, err := stored(secret)
+	if err != nil {
+		return nil, err
+	}
+	if tok.AccessToken == "" || c.expired(tok) {
+		return nil, ErrAccessTokenExpired
+	}
+	return tok, nil
+}
+
 // Materialize implements connectors.Materializer: the access token and its
 // type, and when it expires. An expired access token is
 // ErrAccessTokenExpired (the link service refreshes first).
 func (c *Connector) Materialize(ctx context.Context, secret broker.Secret) (connectors.Credential, error) {
-	if err := ctx.Err(); err != nil {
-		return connectors.Credential{}, err
-	}
-	tok, _, err := stored(secret)
+	tok, err := c.liveToken(ctx, secret)
 	if err != nil {
 		return connectors.Credential{}, err
-	}
-	if tok.AccessToken == "" || c.expired(tok) {
-		return connectors.Credential{}, ErrAccessTokenExpired
 	}
 	tt := tok.TokenType
 	if tt == "" {
