@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	imapclient "github.com/emersion/go-imap/client"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/secrettest"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/testenv"
 )
@@ -257,7 +257,7 @@ func newTestIssuer(t *testing.T) *testIssuer {
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	iss.url = srv.URL
-	kr, err := token.Open(context.Background(), token.Options{Issuer: iss.url, Secrets: &memSecrets{m: map[broker.SecretKey]memSecret{}}})
+	kr, err := token.Open(context.Background(), token.Options{Issuer: iss.url, Secrets: secrettest.Sealed(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,64 +286,6 @@ func (iss *testIssuer) sign(t *testing.T, c token.Claims) string {
 	}
 	return s
 }
-
-// memSecrets is an in-memory broker.SecretStore for the test issuer's key.
-type memSecrets struct {
-	mu sync.Mutex
-	m  map[broker.SecretKey]memSecret
-}
-
-type memSecret struct {
-	s       broker.Secret
-	version int
-}
-
-func (m *memSecrets) Put(_ context.Context, k broker.SecretKey, s broker.Secret, cas int) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur, ok := m.m[k]
-	switch {
-	case cas == broker.CASCreate && ok:
-		return 0, broker.ErrAlreadyExists
-	case cas > 0 && cur.version != cas:
-		return 0, broker.ErrConflict
-	}
-	cur = memSecret{s: s, version: cur.version + 1}
-	m.m[k] = cur
-	return cur.version, nil
-}
-
-func (m *memSecrets) Get(_ context.Context, k broker.SecretKey) (broker.Secret, int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur, ok := m.m[k]
-	if !ok {
-		return broker.Secret{}, 0, broker.ErrNotFound
-	}
-	return cur.s, cur.version, nil
-}
-
-func (m *memSecrets) Delete(_ context.Context, k broker.SecretKey) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.m, k)
-	return nil
-}
-
-func (m *memSecrets) List(_ context.Context, owner string) ([]broker.SecretKey, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []broker.SecretKey
-	for k := range m.m {
-		if k.Owner == owner {
-			out = append(out, k)
-		}
-	}
-	slices.SortFunc(out, func(a, b broker.SecretKey) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
-}
-
-func (m *memSecrets) Ping(context.Context) error { return nil }
 
 const (
 	chainUser          = "alice"

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -18,11 +17,10 @@ import (
 	"time"
 
 	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/secrettest"
 	"github.com/lanyardhq/lanyard/broker/token"
-	"github.com/lanyardhq/lanyard/internal/bolt"
 	"github.com/lanyardhq/lanyard/internal/testenv"
 	"github.com/lanyardhq/lanyard/vault"
-	"github.com/lanyardhq/lanyard/vault/sealed"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
@@ -51,19 +49,8 @@ type backend struct {
 	open func(t testing.TB) broker.SecretStore
 }
 
-func sealedStore(t testing.TB) broker.SecretStore {
-	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "l.db"), bolt.Options{})
-	if err != nil {
-		t.Fatalf("bolt.Open: %v", err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	s, err := sealed.Open(db, filepath.Join(t.TempDir(), "k.key"), sealed.Options{})
-	if err != nil {
-		t.Fatalf("sealed.Open: %v", err)
-	}
-	return s
-}
+// sealedStore is the real store token tests run against by default.
+func sealedStore(t testing.TB) broker.SecretStore { return secrettest.Sealed(t) }
 
 func vaultStore(t testing.TB) broker.SecretStore {
 	t.Helper()

@@ -21,7 +21,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/lanyardhq/lanyard/broker"
+	"github.com/lanyardhq/lanyard/broker/secrettest"
 	"github.com/lanyardhq/lanyard/broker/token"
 	"github.com/lanyardhq/lanyard/internal/safehttp"
 	"github.com/lanyardhq/lanyard/internal/testenv"
@@ -47,7 +47,7 @@ func newFakeLanyard(t *testing.T, clientID, secret string) *fakeLanyard {
 	mux := http.NewServeMux()
 	f.srv = httptest.NewServer(mux)
 	t.Cleanup(f.srv.Close)
-	kr, err := token.Open(context.Background(), token.Options{Issuer: f.srv.URL, Secrets: &memSecrets{m: map[broker.SecretKey]memSecret{}}})
+	kr, err := token.Open(context.Background(), token.Options{Issuer: f.srv.URL, Secrets: secrettest.Sealed(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,50 +524,3 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("no issuer: %v", err)
 	}
 }
-
-// memSecrets is an in-memory broker.SecretStore for the fake issuer's key.
-type memSecrets struct {
-	mu sync.Mutex
-	m  map[broker.SecretKey]memSecret
-}
-
-type memSecret struct {
-	s       broker.Secret
-	version int
-}
-
-func (m *memSecrets) Put(_ context.Context, k broker.SecretKey, s broker.Secret, cas int) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur, ok := m.m[k]
-	switch {
-	case cas == broker.CASCreate && ok:
-		return 0, broker.ErrAlreadyExists
-	case cas > 0 && cur.version != cas:
-		return 0, broker.ErrConflict
-	}
-	cur = memSecret{s: s, version: cur.version + 1}
-	m.m[k] = cur
-	return cur.version, nil
-}
-
-func (m *memSecrets) Get(_ context.Context, k broker.SecretKey) (broker.Secret, int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur, ok := m.m[k]
-	if !ok {
-		return broker.Secret{}, 0, broker.ErrNotFound
-	}
-	return cur.s, cur.version, nil
-}
-
-func (m *memSecrets) Delete(_ context.Context, k broker.SecretKey) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.m, k)
-	return nil
-}
-
-func (m *memSecrets) List(context.Context, string) ([]broker.SecretKey, error) { return nil, nil }
-
-func (m *memSecrets) Ping(context.Context) error { return nil }
