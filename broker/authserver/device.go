@@ -51,14 +51,8 @@ func FormatUserCode(s string) string {
 // deviceAuthorization is RFC 8628 §3.1-3.2.
 func (s *Server) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	p, err := oauth.ParseForm(w, r)
-	if err != nil {
-		oauth.WriteError(w, r, err)
-		return
-	}
-	client, err := s.authenticateClient(ctx, r, p)
-	if err != nil {
-		oauth.WriteError(w, r, err)
+	p, client, ok := s.clientForm(w, r)
+	if !ok {
 		return
 	}
 	if !slices.Contains(grantTypes(client), GrantDeviceCode) {
@@ -79,6 +73,7 @@ func (s *Server) deviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	interval := int(s.o.DeviceInterval / time.Second)
 	deviceCode := broker.NewToken("lyd_")
 	var rec broker.DeviceCode
+	var err error
 	for range 5 { // a user-code collision is possible, if rare
 		rec = broker.DeviceCode{ID: broker.HashSecret(deviceCode), UserCode: newUserCode(), ClientID: client.ID,
 			Resource: res.URI, Scopes: scopes, Status: broker.DevicePending, IssuedAt: now,

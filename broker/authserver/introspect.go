@@ -141,14 +141,8 @@ func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
 // it). Unknown tokens, and tokens of other clients, get the same 200.
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	p, err := oauth.ParseForm(w, r)
-	if err != nil {
-		oauth.WriteError(w, r, err)
-		return
-	}
-	client, err := s.authenticateClient(ctx, r, p)
-	if err != nil {
-		oauth.WriteError(w, r, err)
+	p, client, ok := s.clientForm(w, r)
+	if !ok {
 		return
 	}
 	raw := p.Get("token")

@@ -95,6 +95,20 @@ func (s *Server) logOAuthError(ctx context.Context, msg string, err error, args 
 	s.o.Logger.InfoContext(ctx, msg, args...)
 }
 
+// clientForm parses a form-encoded request and authenticates the client
+// that sent it; on failure it has written the OAuth error and ok is false.
+func (s *Server) clientForm(w http.ResponseWriter, r *http.Request) (p oauth.Params, client broker.Client, ok bool) {
+	p, err := oauth.ParseForm(w, r)
+	if err == nil {
+		client, err = s.authenticateClient(r.Context(), r, p)
+	}
+	if err != nil {
+		oauth.WriteError(w, r, err)
+		return p, client, false
+	}
+	return p, client, true
+}
+
 // authenticateClient identifies the client of a token, revocation or device
 // authorization request: HTTP Basic (client_secret_basic), client_secret in
 // the body (client_secret_post), or client_id alone for public clients.
